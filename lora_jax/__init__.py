@@ -1,0 +1,38 @@
+"""lora_jax: LoRA (Hu et al., 2021) from scratch in JAX, Flax and optax.
+
+The public names below are used by the notebooks and slides; keep them stable.
+"""
+
+from lora_jax.lora import LoRAConfig, LoRADense, delta_w, merge, unmerge
+from lora_jax.models import LORA_TARGETS, TARGET_PRESETS, ModelConfig, SequenceClassifier
+from lora_jax.optim import (
+    METHODS,
+    count_params,
+    make_optimizer,
+    trainable_labels,
+    tree_bytes,
+)
+from lora_jax.train import TrainState, create_train_state, eval_step, train_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LORA_TARGETS",
+    "METHODS",
+    "TARGET_PRESETS",
+    "LoRAConfig",
+    "LoRADense",
+    "ModelConfig",
+    "SequenceClassifier",
+    "TrainState",
+    "count_params",
+    "create_train_state",
+    "delta_w",
+    "eval_step",
+    "make_optimizer",
+    "merge",
+    "train_step",
+    "trainable_labels",
+    "tree_bytes",
+    "unmerge",
+]

@@ -1,0 +1,295 @@
+"""A minimal BERT-family encoder (BERT and RoBERTa) with a sequence-classification head.
+
+Module and parameter names follow Hugging Face's PyTorch checkpoints one to one, so a
+checkpoint key such as ``encoder.layer.0.attention.self.query.weight`` is the Flax path
+``bert/encoder/layer/0/attention/self/query/kernel`` (transposed). Every dense layer is a
+``LoRADense`` with a role name; ``LoRAConfig.targets`` picks which roles carry adapters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lora_jax.lora import LoRAConfig, LoRADense
+
+# Roles of the dense layers inside each transformer block, in order of use.
+LORA_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
+TARGET_PRESETS = {
+    "qv": ("query", "value"),
+    "attention": ("query", "key", "value", "attention_output"),
+    "all": LORA_TARGETS,
+}
+MODEL_TYPES = ("bert", "roberta")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and behaviour of the encoder; field names follow Hugging Face's ``config.json``.
+
+    ``num_labels == 1`` makes the head a regressor (STS-B); otherwise a classifier.
+    RoBERTa differs from BERT in its position ids (they start at ``pad_token_id + 1``) and in
+    its head (dense + tanh + out_proj on the first token, no pooler).
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    pad_token_id: int = 0
+    model_type: str = "bert"
+    num_labels: int = 2
+
+    def __post_init__(self) -> None:
+        for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "intermediate_size", "max_position_embeddings", "type_vocab_size",
+                  "num_labels"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"ModelConfig.{f} must be a positive integer, got {v!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"ModelConfig.hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(
+                f"ModelConfig.model_type must be one of {MODEL_TYPES}, got {self.model_type!r}"
+            )
+        for f in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, f) < 1.0:
+                raise ValueError(f"ModelConfig.{f} must be in [0, 1), got {getattr(self, f)!r}")
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def position_offset(self) -> int:
+        """First position id of a real token: 0 for BERT, pad_token_id + 1 for RoBERTa."""
+        return self.pad_token_id + 1 if self.model_type == "roberta" else 0
+
+    @classmethod
+    def tiny(cls, **changes) -> ModelConfig:
+        """A 2-layer, d=32 model for fast tests."""
+        base = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, max_position_embeddings=64)
+        return cls(**{**base, **changes})
+
+    @classmethod
+    def roberta_base(cls, **changes) -> ModelConfig:
+        """RoBERTa-base's shape (125M parameters), for parameter counts and benchmarks."""
+        base = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12,
+                    num_attention_heads=12, intermediate_size=3072, max_position_embeddings=514,
+                    type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1,
+                    model_type="roberta")
+        return cls(**{**base, **changes})
+
+
+def check_targets(lora: LoRAConfig | None) -> None:
+    """Every LoRA target must name a dense-layer role of this encoder."""
+    if lora is None:
+        return
+    bad = [t for t in lora.targets if t not in LORA_TARGETS]
+    if bad:
+        raise ValueError(
+            f"LoRAConfig.targets: unknown layer name(s) {bad}; valid names are {LORA_TARGETS}"
+        )
+
+
+class Embeddings(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+        cfg = self.cfg
+        b, t = input_ids.shape
+        if cfg.model_type == "roberta":  # ids count real tokens from pad_token_id + 1
+            real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+            position_ids = jnp.cumsum(real, axis=1) * real + cfg.pad_token_id  # (B, T)
+        else:
+            position_ids = jnp.broadcast_to(jnp.arange(t), (b, t))  # (B, T)
+        x = nn.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings")(input_ids)
+        x += nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
+                      name="position_embeddings")(position_ids)
+        x += nn.Embed(cfg.type_vocab_size, cfg.hidden_size,
+                      name="token_type_embeddings")(token_type_ids)  # (B, T, D)
+        x = nn.LayerNorm(cfg.layer_norm_eps, name="LayerNorm")(x)
+        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+class SelfAttention(nn.Module):
+    cfg: ModelConfig
+    lora: LoRAConfig | None
+
+    @nn.compact
+    def __call__(self, x, mask_bias, deterministic: bool):
+        cfg = self.cfg
+        b, t, d = x.shape
+        h = cfg.num_attention_heads
+        hd = d // h
+
+        def proj(role):
+            y = LoRADense(d, role, self.lora, name=role)(x, deterministic)  # (B, T, D)
+            return y.reshape(b, t, h, hd)  # (B, T, H, Dh)
+
+        q, k, v = proj("query"), proj("key"), proj("value")
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(hd).astype(x.dtype)  # (B,H,T,T)
+        scores = scores + mask_bias  # mask_bias: (B, 1, 1, T), 0 or a large negative number
+        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(x.dtype)
+        probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v)  # (B, T, H, Dh)
+        return ctx.reshape(b, t, d)  # (B, T, D)
+
+
+class DenseLayerNorm(nn.Module):
+    """dense -> dropout -> residual add -> LayerNorm (BERT's post-LN sub-block output)."""
+
+    cfg: ModelConfig
+    lora: LoRAConfig | None
+    role: str
+
+    @nn.compact
+    def __call__(self, x, residual, deterministic: bool):
+        cfg = self.cfg
+        y = LoRADense(cfg.hidden_size, self.role, self.lora, name="dense")(x, deterministic)
+        y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
+        return nn.LayerNorm(cfg.layer_norm_eps, name="LayerNorm")(y + residual)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+    lora: LoRAConfig | None
+
+    @nn.compact
+    def __call__(self, x, mask_bias, deterministic: bool):
+        ctx = SelfAttention(self.cfg, self.lora, name="self")(x, mask_bias, deterministic)
+        return DenseLayerNorm(self.cfg, self.lora, "attention_output", name="output")(
+            ctx, x, deterministic)
+
+
+class Intermediate(nn.Module):
+    cfg: ModelConfig
+    lora: LoRAConfig | None
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        y = LoRADense(self.cfg.intermediate_size, "intermediate", self.lora, name="dense")(
+            x, deterministic)  # (B, T, F)
+        return nn.gelu(y, approximate=False)
+
+
+class Layer(nn.Module):
+    cfg: ModelConfig
+    lora: LoRAConfig | None
+
+    @nn.compact
+    def __call__(self, x, mask_bias, deterministic: bool):
+        x = Attention(self.cfg, self.lora, name="attention")(x, mask_bias, deterministic)
+        y = Intermediate(self.cfg, self.lora, name="intermediate")(x, deterministic)
+        return DenseLayerNorm(self.cfg, self.lora, "output", name="output")(y, x, deterministic)
+
+
+class Blocks(nn.Module):
+    """HF's ``layer`` list: blocks named ``0``, ``1``, ... so paths read ``layer/0/...``."""
+
+    cfg: ModelConfig
+    lora: LoRAConfig | None
+
+    @nn.compact
+    def __call__(self, x, mask_bias, deterministic: bool):
+        for i in range(self.cfg.num_hidden_layers):
+            x = Layer(self.cfg, self.lora, name=str(i))(x, mask_bias, deterministic)
+        return x
+
+
+class LayerStack(nn.Module):
+    """HF's ``encoder`` module (it only holds ``layer``)."""
+
+    cfg: ModelConfig
+    lora: LoRAConfig | None
+
+    @nn.compact
+    def __call__(self, x, mask_bias, deterministic: bool):
+        return Blocks(self.cfg, self.lora, name="layer")(x, mask_bias, deterministic)
+
+
+class Pooler(nn.Module):
+    """BERT's pooler: tanh(dense(first token)). Pretrained, frozen under LoRA."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        return jnp.tanh(LoRADense(self.cfg.hidden_size, "pooler", name="dense")(x[:, 0]))
+
+
+class Encoder(nn.Module):
+    """Embeddings + transformer blocks (+ BERT's pooler): returns (hidden states, pooled).
+
+    ``pooled`` is None for RoBERTa, whose checkpoints carry no trained pooler.
+    """
+
+    cfg: ModelConfig
+    lora: LoRAConfig | None = None
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
+                 deterministic: bool = True):
+        cfg = self.cfg
+        check_targets(self.lora)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        x = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
+        keep = attention_mask[:, None, None, :] > 0  # (B, 1, 1, T)
+        mask_bias = jnp.where(keep, 0.0, jnp.finfo(x.dtype).min).astype(x.dtype)
+        x = LayerStack(cfg, self.lora, name="encoder")(x, mask_bias, deterministic)  # (B,T,D)
+        pooled = None if cfg.model_type == "roberta" else Pooler(cfg, name="pooler")(x)
+        return x, pooled
+
+
+class RobertaHead(nn.Module):
+    """RoBERTa's classification head: dense + tanh + out_proj on the first token (<s>)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        cfg = self.cfg
+        h = nn.Dropout(cfg.hidden_dropout_prob)(x[:, 0], deterministic=deterministic)
+        h = jnp.tanh(LoRADense(cfg.hidden_size, "head", name="dense")(h))
+        h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        return LoRADense(cfg.num_labels, "head", name="out_proj")(h)
+
+
+class SequenceClassifier(nn.Module):
+    """Encoder + task head, named like HF's ``*ForSequenceClassification``.
+
+    Returns logits (B, num_labels); with ``num_labels == 1`` the single column is a regression
+    score. The head (``classifier``) is new for every task and always trained.
+    """
+
+    cfg: ModelConfig
+    lora: LoRAConfig | None = None
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
+                 deterministic: bool = True):
+        cfg = self.cfg
+        x, pooled = Encoder(cfg, self.lora, name=cfg.model_type)(
+            input_ids, token_type_ids, attention_mask, deterministic)
+        if cfg.model_type == "roberta":
+            return RobertaHead(cfg, name="classifier")(x, deterministic)
+        h = nn.Dropout(cfg.hidden_dropout_prob)(pooled, deterministic=deterministic)
+        return LoRADense(cfg.num_labels, "head", name="classifier")(h)  # (B, num_labels)

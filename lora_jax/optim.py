@@ -1,0 +1,162 @@
+"""What trains is data: label rules per method, and the optimizer that obeys them.
+
+Each method is an ordered list of ``(regex, label)`` rules over flattened variable paths such as
+``params/bert/encoder/layer/0/attention/self/query/kernel`` or ``lora/bert/.../query/a``. The
+first rule whose regex matches decides the label, ``trainable`` or ``frozen``; a path that no
+rule covers is an error, so a new kind of variable is never trained (or frozen) by accident.
+The same labels decide what the optimizer updates and what an adapter file holds.
+
+Freezing is ``optax.multi_transform({'trainable': adamw, 'frozen': set_to_zero()}, labels)``:
+frozen leaves get an update of exactly zero and carry no optimizer state. ``optax.masked``
+alone would not do: it passes the updates of unmasked leaves through unchanged (the raw
+gradients), so "frozen" weights would still move (see ``tests/test_optim.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax import traverse_util
+
+TRAINABLE = "trainable"
+FROZEN = "frozen"
+
+HEAD = r"^params/classifier/"  # the task head: new for every task, trained by every method
+
+METHOD_RULES: dict[str, tuple[tuple[str, str], ...]] = {
+    "full": (
+        (r"^params/", TRAINABLE),
+    ),
+    "lora": (
+        (r"^lora/", TRAINABLE),
+        (HEAD, TRAINABLE),
+        (r"^params/", FROZEN),
+    ),
+    "bitfit": (
+        (HEAD, TRAINABLE),
+        (r"^params/.*/bias$", TRAINABLE),
+        (r"^params/", FROZEN),
+    ),
+    "head": (
+        (HEAD, TRAINABLE),
+        (r"^params/", FROZEN),
+    ),
+}
+METHODS = tuple(METHOD_RULES)
+
+
+def flatten(tree: dict) -> dict[str, Any]:
+    """``{'params': {'a': {'kernel': x}}}`` -> ``{'params/a/kernel': x}``."""
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def label_of(path: str, method: str) -> str:
+    """The label of one flattened path under a method's rules (first match wins)."""
+    if method not in METHOD_RULES:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    for pattern, label in METHOD_RULES[method]:
+        if re.search(pattern, path):
+            return label
+    raise ValueError(
+        f"variable {path!r} is not covered by any rule of method {method!r}; "
+        f"rules: {[p for p, _ in METHOD_RULES[method]]}"
+    )
+
+
+def trainable_labels(variables: dict, method: str) -> dict:
+    """A tree shaped like ``variables`` with ``'trainable'`` or ``'frozen'`` at every leaf."""
+    return unflatten({p: label_of(p, method) for p in flatten(variables)})
+
+
+def split(variables: dict, method: str) -> tuple[dict, dict]:
+    """``(trainable, frozen)``: two nested dicts that partition ``variables`` by label."""
+    parts: dict[str, dict[str, Any]] = {TRAINABLE: {}, FROZEN: {}}
+    for path, leaf in flatten(variables).items():
+        parts[label_of(path, method)][path] = leaf
+    return unflatten(parts[TRAINABLE]), unflatten(parts[FROZEN])
+
+
+def combine(*trees: dict) -> dict:
+    """Inverse of ``split``: merge disjoint nested dicts back into one variables dict."""
+    flat: dict[str, Any] = {}
+    for tree in trees:
+        for path, leaf in flatten(tree).items():
+            if path in flat:
+                raise ValueError(f"combine: {path!r} appears in more than one tree")
+            flat[path] = leaf
+    return unflatten(flat)
+
+
+def _size(x: Any) -> int:
+    return int(np.prod(x.shape)) if hasattr(x, "shape") else int(np.size(x))
+
+
+def _nbytes(x: Any) -> int:
+    return _size(x) * np.dtype(x.dtype).itemsize if hasattr(x, "dtype") else 0
+
+
+def count_params(variables: dict, method: str | None = None, *, include_head: bool = True) -> int:
+    """Number of scalars in ``variables``; with ``method``, only the trainable ones.
+
+    Works on real arrays and on ``jax.eval_shape`` outputs (no memory needed).
+    ``include_head=False`` leaves out the task head, as the paper's counts do.
+    """
+    total = 0
+    for path, leaf in flatten(variables).items():
+        if method is not None and label_of(path, method) != TRAINABLE:
+            continue
+        if not include_head and re.search(HEAD, path):
+            continue
+        total += _size(leaf)
+    return total
+
+
+def tree_bytes(tree: Any) -> int:
+    """Bytes of every array leaf in a pytree (optimizer states, checkpoints, ...)."""
+    return sum(_nbytes(x) for x in jax.tree.leaves(tree))
+
+
+def linear_schedule(learning_rate: float, total_steps: int, warmup_ratio: float = 0.06):
+    """Linear warm-up from 0 over ``warmup_ratio`` of the steps, then linear decay to 0."""
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+    warmup = int(round(warmup_ratio * total_steps))
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, learning_rate, max(warmup, 1)),
+         optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup, 1))],
+        [warmup],
+    )
+
+
+def _decay_mask(params: Any) -> Any:
+    """Weight decay on matrices only: not on biases or LayerNorm scales."""
+    return jax.tree.map(lambda x: x.ndim > 1, params)
+
+
+def make_optimizer(
+    labels: dict,
+    *,
+    learning_rate: float = 5e-4,
+    total_steps: int = 1000,
+    warmup_ratio: float = 0.06,
+    weight_decay: float = 0.01,
+    max_grad_norm: float | None = None,
+) -> optax.GradientTransformation:
+    """AdamW (linear warm-up, linear decay) on trainable leaves, ``set_to_zero`` on frozen ones.
+
+    ``labels`` comes from ``trainable_labels``. Gradient clipping, when asked for, sees only the
+    trainable leaves, since it lives inside the trainable branch.
+    """
+    schedule = linear_schedule(learning_rate, total_steps, warmup_ratio)
+    adamw = optax.adamw(schedule, weight_decay=weight_decay, mask=_decay_mask)
+    if max_grad_norm is not None:
+        adamw = optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
+    return optax.multi_transform({TRAINABLE: adamw, FROZEN: optax.set_to_zero()}, labels)

@@ -1,0 +1,85 @@
+"""The encoder: config validation, padding, RoBERTa position ids, parameter paths."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import init_model
+
+from lora_jax import ModelConfig, SequenceClassifier
+from lora_jax.models import Encoder
+from lora_jax.optim import flatten
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"hidden_size": 30, "num_attention_heads": 4}, "hidden_size=30"),
+        ({"num_hidden_layers": 0}, "num_hidden_layers"),
+        ({"num_labels": 0}, "num_labels"),
+        ({"model_type": "gpt2"}, "model_type"),
+        ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
+    ],
+)
+def test_bad_model_config_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
+        ModelConfig.tiny(**kwargs)
+
+
+def test_parameter_paths_follow_hugging_face_names(tiny_cfg):
+    _, v = init_model(tiny_cfg, None)
+    paths = set(flatten(v["params"]))
+    for p in [
+        "bert/embeddings/word_embeddings/embedding",
+        "bert/embeddings/LayerNorm/scale",
+        "bert/encoder/layer/0/attention/self/query/kernel",
+        "bert/encoder/layer/1/attention/output/dense/bias",
+        "bert/encoder/layer/1/attention/output/LayerNorm/scale",
+        "bert/encoder/layer/0/intermediate/dense/kernel",
+        "bert/encoder/layer/0/output/dense/kernel",
+        "bert/pooler/dense/kernel",
+        "classifier/kernel",
+    ]:
+        assert p in paths, p
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_padding_does_not_change_real_token_outputs(model_type):
+    cfg = ModelConfig.tiny(model_type=model_type, pad_token_id=1 if model_type == "roberta" else 0)
+    enc = Encoder(cfg)
+    ids = jax.random.randint(jax.random.key(0), (1, 6), 3, cfg.vocab_size)
+    v = enc.init(jax.random.key(1), ids)
+    short, _ = enc.apply(v, ids)
+    padded_ids = jnp.concatenate([ids, jnp.full((1, 4), cfg.pad_token_id)], axis=1)
+    mask = jnp.array([[1] * 6 + [0] * 4])
+    long, _ = enc.apply(v, padded_ids, None, mask)
+    np.testing.assert_allclose(long[:, :6], short, atol=1e-5)
+
+
+def test_roberta_position_ids_start_after_the_pad_id():
+    """RoBERTa numbers real tokens from pad_token_id + 1: shifting the position table by that
+    offset must reproduce a BERT-style model that counts from 0."""
+    rob = ModelConfig.tiny(model_type="roberta", pad_token_id=1, type_vocab_size=1)
+    bert = rob.replace(model_type="bert")
+    ids = jnp.array([[5, 6, 7, 8]])
+    v_rob = Encoder(rob).init(jax.random.key(0), ids)
+    table = v_rob["params"]["embeddings"]["position_embeddings"]["embedding"]
+    v_bert = jax.tree.map(lambda x: x, v_rob)
+    v_bert["params"]["embeddings"]["position_embeddings"]["embedding"] = jnp.roll(table, -2, 0)
+    v_bert["params"]["pooler"] = {"dense": {"kernel": jnp.eye(32), "bias": jnp.zeros(32)}}
+    out_rob, pooled = Encoder(rob).apply(v_rob, ids)
+    out_bert, _ = Encoder(bert).apply(v_bert, ids)
+    assert pooled is None and "pooler" not in v_rob["params"]
+    np.testing.assert_allclose(out_rob, out_bert, atol=1e-6)
+
+
+def test_classifier_and_regressor_output_shapes(tiny_cfg):
+    ids = jnp.ones((3, 5), jnp.int32)
+    for n in (1, 2, 3):
+        model, v = init_model(tiny_cfg.replace(num_labels=n), None)
+        assert model.apply(v, ids).shape == (3, n)
+    rob = ModelConfig.tiny(model_type="roberta", pad_token_id=1)
+    model = SequenceClassifier(rob)
+    v = model.init(jax.random.key(0), ids)
+    assert set(v["params"]["classifier"]) == {"dense", "out_proj"}
+    assert model.apply(v, ids).shape == (3, 2)
