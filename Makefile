@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check lora_jax tests tools
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check lora_jax tests tools
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -12,6 +12,12 @@ from lora_jax.optim import (
     trainable_labels,
     tree_bytes,
 )
+from lora_jax.pretrained import (
+    Pretrained,
+    load_pretrained,
+    load_tokenizer,
+    save_pretrained,
+)
 from lora_jax.train import TrainState, create_train_state, eval_step, train_step
 
 __version__ = "0.1.0"
@@ -25,12 +31,16 @@ __all__ = [
     "ModelConfig",
     "SequenceClassifier",
     "TrainState",
+    "Pretrained",
     "count_params",
     "create_train_state",
     "delta_w",
     "eval_step",
+    "load_pretrained",
+    "load_tokenizer",
     "make_optimizer",
     "merge",
+    "save_pretrained",
     "train_step",
     "trainable_labels",
     "tree_bytes",

