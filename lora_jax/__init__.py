@@ -18,7 +18,7 @@ from lora_jax.pretrained import (
     load_tokenizer,
     save_pretrained,
 )
-from lora_jax.train import TrainState, create_train_state, eval_step, train_step
+from lora_jax.train import TrainState, create_train_state, predict, train_step
 
 __version__ = "0.1.0"
 
@@ -35,11 +35,11 @@ __all__ = [
     "count_params",
     "create_train_state",
     "delta_w",
-    "eval_step",
     "load_pretrained",
     "load_tokenizer",
     "make_optimizer",
     "merge",
+    "predict",
     "save_pretrained",
     "train_step",
     "trainable_labels",

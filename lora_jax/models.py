@@ -151,30 +151,63 @@ class SelfAttention(nn.Module):
         return ctx.reshape(b, t, d)  # (B, T, D)
 
 
+ADAPTERS = "adapters"  # variable collection of the Houlsby bottleneck adapters (a baseline)
+
+
+class Bottleneck(nn.Module):
+    """Houlsby et al. (2019) adapter: ``h + up(gelu(down(h)))``, a baseline the LoRA paper
+    compares against. ``up`` starts at zero, so the adapter starts as the identity. Its weights
+    live in the ``'adapters'`` collection and, unlike LoRA, cannot be merged away: they add
+    layers, and latency, at inference."""
+
+    size: int
+
+    @nn.compact
+    def __call__(self, h):
+        d = h.shape[-1]
+        init = nn.initializers.normal(0.02)
+        down = self.variable(ADAPTERS, "down",
+                             lambda: init(self.make_rng(ADAPTERS), (d, self.size)))
+        up = self.variable(ADAPTERS, "up", jnp.zeros, (self.size, d), jnp.float32)
+        down_b = self.variable(ADAPTERS, "down_bias", jnp.zeros, (self.size,), jnp.float32)
+        up_b = self.variable(ADAPTERS, "up_bias", jnp.zeros, (d,), jnp.float32)
+        z = nn.gelu(h @ down.value + down_b.value, approximate=False)  # (B, T, size)
+        return h + z @ up.value + up_b.value  # (B, T, D)
+
+
 class DenseLayerNorm(nn.Module):
-    """dense -> dropout -> residual add -> LayerNorm (BERT's post-LN sub-block output)."""
+    """dense -> dropout -> [adapter] -> residual add -> LayerNorm (BERT's post-LN sub-block).
+
+    With ``adapter_size`` set and the ``'adapters'`` collection present (or being created), a
+    ``Bottleneck`` adapter sits after the dense layer, where Houlsby et al. put it.
+    """
 
     cfg: ModelConfig
     lora: LoRAConfig | None
     role: str
+    adapter_size: int | None = None
 
     @nn.compact
     def __call__(self, x, residual, deterministic: bool):
         cfg = self.cfg
         y = LoRADense(cfg.hidden_size, self.role, self.lora, name="dense")(x, deterministic)
         y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
+        if self.adapter_size and (self.is_mutable_collection(ADAPTERS)
+                                  or self.has_variable(ADAPTERS, "adapter")):
+            y = Bottleneck(self.adapter_size, name="adapter")(y)
         return nn.LayerNorm(cfg.layer_norm_eps, name="LayerNorm")(y + residual)
 
 
 class Attention(nn.Module):
     cfg: ModelConfig
     lora: LoRAConfig | None
+    adapter_size: int | None = None
 
     @nn.compact
     def __call__(self, x, mask_bias, deterministic: bool):
         ctx = SelfAttention(self.cfg, self.lora, name="self")(x, mask_bias, deterministic)
-        return DenseLayerNorm(self.cfg, self.lora, "attention_output", name="output")(
-            ctx, x, deterministic)
+        return DenseLayerNorm(self.cfg, self.lora, "attention_output", self.adapter_size,
+                              name="output")(ctx, x, deterministic)
 
 
 class Intermediate(nn.Module):
@@ -191,12 +224,15 @@ class Intermediate(nn.Module):
 class Layer(nn.Module):
     cfg: ModelConfig
     lora: LoRAConfig | None
+    adapter_size: int | None = None
 
     @nn.compact
     def __call__(self, x, mask_bias, deterministic: bool):
-        x = Attention(self.cfg, self.lora, name="attention")(x, mask_bias, deterministic)
+        x = Attention(self.cfg, self.lora, self.adapter_size, name="attention")(
+            x, mask_bias, deterministic)
         y = Intermediate(self.cfg, self.lora, name="intermediate")(x, deterministic)
-        return DenseLayerNorm(self.cfg, self.lora, "output", name="output")(y, x, deterministic)
+        return DenseLayerNorm(self.cfg, self.lora, "output", self.adapter_size, name="output")(
+            y, x, deterministic)
 
 
 class Blocks(nn.Module):
@@ -204,11 +240,13 @@ class Blocks(nn.Module):
 
     cfg: ModelConfig
     lora: LoRAConfig | None
+    adapter_size: int | None = None
 
     @nn.compact
     def __call__(self, x, mask_bias, deterministic: bool):
         for i in range(self.cfg.num_hidden_layers):
-            x = Layer(self.cfg, self.lora, name=str(i))(x, mask_bias, deterministic)
+            x = Layer(self.cfg, self.lora, self.adapter_size, name=str(i))(
+                x, mask_bias, deterministic)
         return x
 
 
@@ -217,10 +255,12 @@ class LayerStack(nn.Module):
 
     cfg: ModelConfig
     lora: LoRAConfig | None
+    adapter_size: int | None = None
 
     @nn.compact
     def __call__(self, x, mask_bias, deterministic: bool):
-        return Blocks(self.cfg, self.lora, name="layer")(x, mask_bias, deterministic)
+        return Blocks(self.cfg, self.lora, self.adapter_size, name="layer")(
+            x, mask_bias, deterministic)
 
 
 class Pooler(nn.Module):
@@ -241,6 +281,7 @@ class Encoder(nn.Module):
 
     cfg: ModelConfig
     lora: LoRAConfig | None = None
+    adapter_size: int | None = None
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
@@ -254,7 +295,8 @@ class Encoder(nn.Module):
         x = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
         keep = attention_mask[:, None, None, :] > 0  # (B, 1, 1, T)
         mask_bias = jnp.where(keep, 0.0, jnp.finfo(x.dtype).min).astype(x.dtype)
-        x = LayerStack(cfg, self.lora, name="encoder")(x, mask_bias, deterministic)  # (B,T,D)
+        x = LayerStack(cfg, self.lora, self.adapter_size, name="encoder")(
+            x, mask_bias, deterministic)  # (B, T, D)
         pooled = None if cfg.model_type == "roberta" else Pooler(cfg, name="pooler")(x)
         return x, pooled
 
@@ -282,12 +324,13 @@ class SequenceClassifier(nn.Module):
 
     cfg: ModelConfig
     lora: LoRAConfig | None = None
+    adapter_size: int | None = None
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
                  deterministic: bool = True):
         cfg = self.cfg
-        x, pooled = Encoder(cfg, self.lora, name=cfg.model_type)(
+        x, pooled = Encoder(cfg, self.lora, self.adapter_size, name=cfg.model_type)(
             input_ids, token_type_ids, attention_mask, deterministic)
         if cfg.model_type == "roberta":
             return RobertaHead(cfg, name="classifier")(x, deterministic)

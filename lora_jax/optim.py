@@ -41,6 +41,12 @@ METHOD_RULES: dict[str, tuple[tuple[str, str], ...]] = {
         (r"^params/.*/bias$", TRAINABLE),
         (r"^params/", FROZEN),
     ),
+    "adapter": (  # Houlsby et al.: bottleneck adapters, LayerNorms and the head
+        (r"^adapters/", TRAINABLE),
+        (HEAD, TRAINABLE),
+        (r"^params/.*/LayerNorm/", TRAINABLE),
+        (r"^params/", FROZEN),
+    ),
     "head": (
         (HEAD, TRAINABLE),
         (r"^params/", FROZEN),

@@ -19,7 +19,6 @@ import importlib.resources
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 import tokenizers
 from safetensors.numpy import load_file, save_file
 
+from lora_jax.files import atomic_write
 from lora_jax.models import ModelConfig, SequenceClassifier, init_head
 from lora_jax.optim import flatten, unflatten
 
@@ -280,25 +280,13 @@ def save_pretrained(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, 
               position_embedding_type="absolute",
               id2label={str(i): f"LABEL_{i}" for i in range(cfg.num_labels)},
               label2id={f"LABEL_{i}": i for i in range(cfg.num_labels)})
-    _atomic_write(out / "model.safetensors", lambda tmp: save_file(tensors, tmp))
-    _atomic_write(out / "config.json",
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(tensors, tmp))
+    atomic_write(out / "config.json",
                   lambda tmp: Path(tmp).write_text(json.dumps(hf, indent=2) + "\n"))
     if tokenizer_from is not None:
         src = resolve_model_dir(tokenizer_from) / "tokenizer.json"
-        _atomic_write(out / "tokenizer.json", lambda tmp: Path(tmp).write_bytes(src.read_bytes()))
+        atomic_write(out / "tokenizer.json", lambda tmp: Path(tmp).write_bytes(src.read_bytes()))
     return out
-
-
-def _atomic_write(dest: Path, write) -> None:
-    """Call ``write(tmp_path)``, then rename over ``dest``; on failure remove the temp file."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- tokenizer ----------------------------------------------------------------------------------

@@ -9,16 +9,31 @@ compiled step and a LoRA step costs about two forward passes instead of three.
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from tqdm.auto import tqdm
 
-from lora_jax.optim import FROZEN, TRAINABLE, trainable_labels
+from lora_jax.checkpoint import apply_adapter, load_state, read_adapter, save_adapter, save_state
+from lora_jax.data import Batcher, Task, choose_buckets, encode, get_task, load_split
+from lora_jax.files import atomic_write
+from lora_jax.lora import LORA, LoRAConfig
+from lora_jax.metrics import compute
+from lora_jax.models import ADAPTERS, SequenceClassifier, check_targets
+from lora_jax.optim import FROZEN, METHODS, TRAINABLE, make_optimizer, trainable_labels
+from lora_jax.pretrained import Pretrained, load_pretrained, load_tokenizer
 
 
 @flax.struct.dataclass
@@ -42,22 +57,34 @@ def create_train_state(
     apply_fn: Callable, variables: dict, method: str, tx: optax.GradientTransformation,
     rng: jax.Array,
 ) -> TrainState:
-    """Start training ``variables`` with ``tx`` (from ``make_optimizer``) under ``method``."""
+    """Start training ``variables`` with ``tx`` (from ``make_optimizer``) under ``method``.
+
+    The state owns a copy of ``variables``: ``train_step`` donates its input buffers, and the
+    caller's arrays (say, a loaded checkpoint shared by several runs) must stay valid.
+    """
     trainable_labels(variables, method)  # fail early on a path no rule covers
+    variables = jax.tree.map(jnp.array, variables)  # jnp.array copies
     return TrainState(step=jnp.zeros((), jnp.int32), variables=variables,
                       opt_state=tx.init(variables), rng=rng, apply_fn=apply_fn, tx=tx,
                       method=method)
 
 
-def task_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
-    """Cross-entropy for classification, mean squared error when there is one output."""
-    if logits.shape[-1] == 1:
-        pred = logits[:, 0]
-        loss = jnp.mean((pred - labels.astype(pred.dtype)) ** 2)
-        return loss, {}
+def task_loss(logits: jax.Array, labels: jax.Array, weight: jax.Array | None = None
+              ) -> tuple[jax.Array, dict]:
+    """Cross-entropy for classification, mean squared error when there is one output.
+
+    ``weight`` (1 for real rows, 0 for the rows that fill a bucket's last batch) makes padding
+    rows count for nothing.
+    """
     logits = logits.astype(jnp.float32)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    w = jnp.ones(logits.shape[0]) if weight is None else weight.astype(jnp.float32)
+    total = jnp.maximum(w.sum(), 1.0)
+    if logits.shape[-1] == 1:
+        per_row = (logits[:, 0] - labels.astype(jnp.float32)) ** 2
+        return jnp.sum(w * per_row) / total, {}
+    per_row = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return jnp.sum(w * per_row) / total, {"accuracy": jnp.sum(w * correct) / total}
 
 
 def forward(apply_fn: Callable, variables: dict, batch: dict, *, deterministic: bool = True,
@@ -89,7 +116,7 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
 
     def loss_fn(variables):
         logits = forward(state.apply_fn, variables, batch, deterministic=False, rng=dropout_rng)
-        return task_loss(logits, batch["label"])
+        return task_loss(logits, batch["label"], batch.get("weight"))
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.variables)
@@ -98,7 +125,287 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     return state.replace(step=state.step + 1, variables=variables, opt_state=opt_state), metrics
 
 
-@jax.jit
-def eval_step(state: TrainState, batch: dict) -> jax.Array:
-    """Deterministic logits for a batch (no dropout)."""
-    return forward(state.apply_fn, state.variables, batch)
+@partial(jax.jit, static_argnums=0)
+def predict(apply_fn: Callable, variables: dict, batch: dict) -> jax.Array:
+    """Deterministic logits (no dropout) for a batch; compiled once per batch shape."""
+    return forward(apply_fn, variables, batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop: a GLUE task, one method, epochs, evaluation, checkpoints.
+
+DEFAULT_LR = {"full": 5e-5, "lora": 1e-3, "bitfit": 2e-3, "head": 2e-3, "adapter": 1e-3}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; saved as ``config.json`` in the run directory.
+
+    ``learning_rate=None`` takes the method's default (``DEFAULT_LR``). ``max_steps`` caps the
+    number of steps (the schedule then spans ``max_steps``). ``train_limit`` subsamples the
+    training set with ``seed``.
+    """
+
+    task: str = "sst2"
+    method: str = "lora"
+    model: str = "minilm"
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("query", "value")
+    lora_dropout: float = 0.0
+    rslora: bool = False
+    adapter_size: int = 64
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    learning_rate: float | None = None
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float | None = None
+    max_length: int = 128
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    seed: int = 0
+    source: str = "tsv"
+    save_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method: unknown {self.method!r}; choose one of {METHODS}")
+        for f in ("epochs", "batch_size", "eval_batch_size", "adapter_size", "max_length"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
+        for f in ("max_steps", "train_limit", "eval_limit", "save_every"):
+            v = getattr(self, f)
+            if v is not None and v <= 0:
+                raise ValueError(f"{f} must be positive, got {v}")
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        object.__setattr__(self, "targets", tuple(self.targets))
+        check_targets(LoRAConfig(rank=self.rank, alpha=self.alpha, targets=self.targets,
+                                 dropout=self.lora_dropout))  # names the bad field
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LR[self.method]
+
+    def lora_config(self) -> LoRAConfig | None:
+        cfg = LoRAConfig(rank=self.rank, alpha=self.alpha, targets=self.targets,
+                         dropout=self.lora_dropout, rslora=self.rslora)
+        return cfg if self.method == "lora" else None
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "targets": list(self.targets), "lr": self.lr}
+
+    @classmethod
+    def from_json(cls, d: dict) -> TrainConfig:
+        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+        return cls(**{**d, "targets": tuple(d.get("targets", ("query", "value")))})
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message gives the step."""
+
+
+def build_model(pre: Pretrained, cfg: TrainConfig) -> SequenceClassifier:
+    return SequenceClassifier(pre.config, cfg.lora_config(),
+                              cfg.adapter_size if cfg.method == "adapter" else None)
+
+
+def init_variables(model: SequenceClassifier, params: dict, method: str, rng: jax.Array) -> dict:
+    """``{'params': params}`` plus the new variables the method needs (``'lora'`` adapters or
+    ``'adapters'`` bottlenecks), created by one forward pass on a dummy batch."""
+    new = {"lora": LORA, "adapter": ADAPTERS}.get(method)
+    if new is None:
+        return {"params": params}
+    ids = jnp.zeros((1, 4), jnp.int32)
+    _, extra = model.apply({"params": params}, ids, rngs={new: rng}, mutable=[new])
+    return {"params": params, new: extra[new]}
+
+
+def evaluate(apply_fn: Callable, variables: dict, batcher: Batcher, task: Task) -> dict:
+    """GLUE metrics and mean loss of ``variables`` over every example of ``batcher``."""
+    n = len(batcher.data)
+    logits_all = np.zeros((n, task.num_labels), np.float32)
+    for batch in batcher.epoch(0):
+        index = batch.pop("index")
+        logits = np.asarray(predict(apply_fn, variables, batch))
+        real = index >= 0
+        logits_all[index[real]] = logits[real]
+    gold = batcher.data.labels
+    loss, _ = task_loss(jnp.asarray(logits_all), jnp.asarray(gold))
+    pred = logits_all[:, 0] if task.is_regression else logits_all.argmax(-1)
+    return {**compute(task.metrics, pred, gold), "loss": float(loss)}
+
+
+def _device_batch(batch: dict) -> dict:
+    return {k: jnp.asarray(v) for k, v in batch.items() if k != "index"}
+
+
+@dataclass
+class RunResult:
+    """What ``fit`` returns (and writes as ``summary.json``)."""
+
+    run_dir: Path
+    losses: list[tuple[int, float]]
+    epochs: list[dict]
+    best: dict | None
+    final: dict | None
+    step_ms: list[float]
+    stopped_early: bool = False
+    info: dict = field(default_factory=dict)
+    state: Any = None  # the final TrainState, for callers that measure or merge right away
+
+
+def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = None,
+        pretrained: Pretrained | None = None, resume: bool = False, progress: bool = True,
+        stop_after_steps: int | None = None) -> RunResult:
+    """Train ``cfg.method`` on ``cfg.task``; evaluate after each epoch; write the run directory:
+
+    ``config.json``, ``metrics.jsonl`` (one line per step and per evaluation), ``adapter.
+    safetensors`` (the trainable leaves, after the last epoch), ``state.safetensors`` (resumable)
+    and ``summary.json`` (best and final epoch). ``resume=True`` continues from
+    ``state.safetensors`` with the same data order, dropout masks and schedule.
+    ``stop_after_steps`` stops (with a saved state) after that many steps of this call, as an
+    interruption would.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_file = run_dir / "state.safetensors"
+    if resume and not state_file.is_file():
+        raise FileNotFoundError(f"--resume: no {state_file} to resume from")
+    atomic_write(run_dir / "config.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_json(), indent=2) + "\n"))
+
+    task = get_task(cfg.task)
+    pre = pretrained or load_pretrained(cfg.model, num_labels=task.num_labels, seed=cfg.seed)
+    if pre.config.num_labels != task.num_labels:
+        raise ValueError(f"model head has {pre.config.num_labels} outputs, task {task.name} "
+                         f"needs {task.num_labels}")
+    tok = load_tokenizer(pre.path, max_length=cfg.max_length)
+    train = encode(tok, load_split(task, "train", data_dir=data_dir, source=cfg.source,
+                                   limit=cfg.train_limit, seed=cfg.seed))
+    dev = encode(tok, load_split(task, "dev", data_dir=data_dir, source=cfg.source,
+                                 limit=cfg.eval_limit, seed=cfg.seed))
+    if cfg.batch_size > len(train):
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(train)} "
+                         "training examples")
+    train_batches = Batcher(train, cfg.batch_size, choose_buckets(train.lengths, cfg.max_length),
+                            shuffle=True, seed=cfg.seed)
+    dev_batches = Batcher(dev, cfg.eval_batch_size, choose_buckets(dev.lengths, cfg.max_length),
+                          shuffle=False)
+    per_epoch = len(train_batches)
+    total_steps = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
+
+    k_init, k_dropout = jax.random.split(jax.random.key(cfg.seed))
+    model = build_model(pre, cfg)
+    variables = init_variables(model, pre.params, cfg.method, k_init)
+    labels = trainable_labels(variables, cfg.method)
+    tx = make_optimizer(labels, learning_rate=cfg.lr, total_steps=total_steps,
+                        warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+                        max_grad_norm=cfg.max_grad_norm)
+    state = create_train_state(model.apply, variables, cfg.method, tx, k_dropout)
+    run_meta = {"config": cfg.to_json(), "base_fingerprint": pre.fingerprint}
+    epoch, start = 0, 0
+    log_mode = "w"
+    if resume:
+        state, pos = load_state(state_file, state, run_meta)
+        epoch, start = pos["epoch"], pos["batch"]
+        log_mode = "a"
+        _truncate_log(run_dir / "metrics.jsonl", int(state.step))
+
+    adapter_meta = {
+        "task": task.name, "labels": list(task.labels or []), "base_model": pre.name,
+        "base_fingerprint": pre.fingerprint, "model_config": asdict(pre.config),
+        "train_config": cfg.to_json(),
+    }
+    result = RunResult(run_dir, [], [], None, None, [])
+    result.info = {"real_token_fraction": train_batches.real_token_fraction(),
+                   "buckets": list(train_batches.buckets), "train_examples": len(train),
+                   "dev_examples": len(dev), "steps_per_epoch": per_epoch,
+                   "total_steps": total_steps}
+    seen_shapes: set[tuple] = set()
+    ran = 0
+    with open(run_dir / "metrics.jsonl", log_mode, encoding="utf-8") as log:
+        bar = tqdm(total=total_steps, initial=int(state.step), disable=not progress,
+                   desc=f"{task.name} {cfg.method}", unit="step")
+        while epoch < cfg.epochs and int(state.step) < total_steps:
+            for b, batch in enumerate(train_batches.epoch(epoch, start), start=start):
+                if int(state.step) >= total_steps:
+                    break
+                shape = batch["input_ids"].shape
+                t0 = time.perf_counter()
+                state, metrics = train_step(state, _device_batch(batch))
+                loss = float(metrics["loss"])  # waits for the step: honest timing
+                dt = time.perf_counter() - t0
+                if shape in seen_shapes:
+                    result.step_ms.append(1000 * dt)
+                seen_shapes.add(shape)
+                step = int(state.step)
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(f"loss became {loss} at step {step}; the last good "
+                                           f"state is in {state_file} (if one was saved)")
+                result.losses.append((step, loss))
+                log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss}) + "\n")
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}",
+                                ex_s=f"{batch['weight'].sum() / dt:.0f}")
+                ran += 1
+                pos = {"epoch": epoch, "batch": b + 1}
+                if cfg.save_every and step % cfg.save_every == 0:
+                    save_state(state_file, state, pos, run_meta)
+                if stop_after_steps is not None and ran >= stop_after_steps:
+                    save_state(state_file, state, pos, run_meta)
+                    bar.close()
+                    result.stopped_early, result.state = True, state
+                    return result
+            epoch, start = epoch + 1, 0
+            scores = evaluate(model.apply, state.variables, dev_batches, task)
+            record = {"epoch": epoch, "step": int(state.step), "eval": scores}
+            result.epochs.append(record)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            save_state(state_file, state, {"epoch": epoch, "batch": 0}, run_meta)
+            bar.write(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        bar.close()
+    save_adapter(run_dir / "adapter.safetensors", state.variables, cfg.method, adapter_meta)
+    result.final = result.epochs[-1] if result.epochs else None
+    if result.epochs:
+        result.best = max(result.epochs, key=lambda r: r["eval"][task.primary])
+    summary = {"task": task.name, "method": cfg.method, "primary": task.primary,
+               "best": result.best, "final": result.final, **result.info,
+               "median_step_ms": float(np.median(result.step_ms)) if result.step_ms else None}
+    atomic_write(run_dir / "summary.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
+    result.state = state
+    return result
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past ``step`` (written after the state we resume from)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in keep)))
+
+
+def restore(adapter_path: str | os.PathLike, *, model: str | None = None
+            ) -> tuple[SequenceClassifier, dict, dict, Pretrained]:
+    """Load an adapter file onto its base model: (model, variables, metadata, pretrained).
+
+    The base is the one the file names, or ``model`` when given; either way its weights must
+    have the fingerprint the adapter recorded.
+    """
+    _, meta = read_adapter(adapter_path)
+    cfg = TrainConfig.from_json(meta.get("train_config", {}))
+    labels = meta.get("labels") or []
+    pre = load_pretrained(model or meta.get("base_model", cfg.model),
+                          num_labels=max(len(labels), 1), seed=cfg.seed)
+    net = build_model(pre, cfg)
+    template = init_variables(net, pre.params, cfg.method, jax.random.key(0))
+    variables, meta = apply_adapter(adapter_path, template, pre.fingerprint, template)
+    return net, variables, meta, pre

@@ -34,3 +34,104 @@ def test_info_reads_the_default_checkpoint_config(capsys):
 def test_info_on_a_missing_model_directory_says_how_to_fix(capsys):
     assert main(["info", "--model", "no/such/dir"]) == 2
     assert "Hugging Face model directory" in capsys.readouterr().err
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_eval_merge_on_a_tiny_model(tiny_base, tiny_glue, tmp_path, capsys):
+    from lora_jax import load_pretrained
+
+    run = tmp_path / "run"
+    common = ["--model", str(tiny_base), "--data-dir", str(tiny_glue), "--max-length", "16"]
+    code, out, _ = run_cli(["train", "--task", "SST-2", "--method", "lora", "--epochs", "1",
+                            "--batch-size", "16", "--rank", "4", "--alpha", "32", "--quiet",
+                            "--out", str(run), *common], capsys)
+    assert code == 0
+    trained = json.loads(out.splitlines()[-1])["final"]["eval"]
+    code, out, _ = run_cli(["eval", str(run / "adapter.safetensors"), "--data-dir",
+                            str(tiny_glue)], capsys)
+    assert code == 0
+    evaluated = json.loads(out)
+    assert evaluated["accuracy"] == trained["accuracy"] and evaluated["examples"] == 32
+    code, out, _ = run_cli(["eval", str(run / "adapter.safetensors"), "--file",
+                            str(tiny_glue / "SST-2" / "train.tsv")], capsys)
+    assert code == 0 and json.loads(out)["examples"] == 96
+    code, out, _ = run_cli(["merge", str(run / "adapter.safetensors"), "--out",
+                            str(tmp_path / "merged")], capsys)
+    assert code == 0
+    merged = load_pretrained(tmp_path / "merged")
+    assert merged.head_from_checkpoint and (tmp_path / "merged" / "tokenizer.json").is_file()
+    code, out, _ = run_cli(["eval", str(run / "adapter.safetensors"), "--data-dir",
+                            str(tiny_glue)], capsys)
+    # the merged model (no adapters) scores what the adapter scored
+    from lora_jax.data import Batcher, choose_buckets, encode, get_task, load_split
+    from lora_jax.train import evaluate
+
+    tok = merged.tokenizer(max_length=16)
+    dev = encode(tok, load_split("sst2", "dev", data_dir=tiny_glue))
+    scores = evaluate(merged.model().apply, {"params": merged.params},
+                      Batcher(dev, 64, choose_buckets(dev.lengths, 16), shuffle=False),
+                      get_task("sst2"))
+    assert scores["accuracy"] == trained["accuracy"]
+    assert abs(scores["loss"] - trained["loss"]) < 1e-5
+
+
+def test_compare_writes_table_json_and_chart(tiny_base, tiny_glue, tmp_path, capsys):
+    out_dir = tmp_path / "cmp"
+    code, out, _ = run_cli(["compare", "--task", "rte", "--methods", "full,lora,bitfit",
+                            "--epochs", "1", "--batch-size", "16", "--quiet", "--max-length",
+                            "32", "--model", str(tiny_base), "--data-dir", str(tiny_glue),
+                            "--out", str(out_dir)], capsys)
+    assert code == 0
+    report = json.loads((out_dir / "compare.json").read_text())
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {"full", "lora", "bitfit"}
+    assert rows["lora"]["trainable_params"] < rows["full"]["trainable_params"]
+    assert rows["lora"]["optimizer_state_bytes"] < 0.1 * rows["full"]["optimizer_state_bytes"]
+    assert rows["lora"]["checkpoint_bytes"] < rows["full"]["checkpoint_bytes"]
+    assert all(r["median_step_ms"] > 0 and r["step_memory_bytes"] > 0 for r in rows.values())
+    md = (out_dir / "compare.md").read_text()
+    assert sum(ln.startswith("| ") for ln in md.splitlines()) == 4  # header + 3 rows
+    assert "| lora |" in md
+    assert (out_dir / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| method |" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--task", "sst3"], "unknown task 'sst3'"),
+        (["train", "--method", "lroa"], "invalid choice: 'lroa'"),
+        (["train", "--batch-size", "0"], "must be a positive integer"),
+        (["compare", "--methods", "full,lroa"], "--methods: unknown ['lroa']"),
+    ],
+)
+def test_bad_flags_name_the_flag(args, message, capsys):
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_of_a_missing_adapter(tmp_path, capsys):
+    code, _, err = run_cli(["eval", str(tmp_path / "nope.safetensors")], capsys)
+    assert code == 2 and "nope.safetensors: no such file" in err
+
+
+def test_merge_refuses_houlsby_adapters_and_writes_nothing(tiny_base, tiny_glue, tmp_path,
+                                                         capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--method", "adapter", "--epochs", "1", "--batch-size", "16",
+                 "--adapter-size", "4", "--quiet", "--model", str(tiny_base), "--data-dir",
+                 str(tiny_glue), "--max-length", "16", "--out", str(run)]) == 0
+    capsys.readouterr()
+    code, _, err = run_cli(["merge", str(run / "adapter.safetensors"), "--out",
+                            str(tmp_path / "m")], capsys)
+    assert code == 2 and "cannot be folded into the base" in err
+    assert not (tmp_path / "m").exists()

@@ -1,0 +1,164 @@
+"""Several methods on one task, side by side: quality and what it cost.
+
+``compare`` trains each method with the same data, seed and budget, then measures for each:
+the task metric (best and final epoch), trainable parameters with and without the head,
+optimizer-state bytes, the compiled train step's memory (XLA's own accounting), the median step
+time and examples per second, and the bytes of the saved adapter file. It writes
+``compare.json``, ``compare.md`` and ``compare.png`` into the output directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from lora_jax.data import get_task
+from lora_jax.files import atomic_write
+from lora_jax.optim import count_params, tree_bytes
+from lora_jax.pretrained import load_pretrained
+from lora_jax.train import TrainConfig, fit, train_step
+
+COLUMNS = [  # (key, header, format)
+    ("method", "method", "{}"),
+    ("best", "best {primary}", "{:.4f}"),
+    ("final", "final {primary}", "{:.4f}"),
+    ("trainable_params", "trainable params", "{:,}"),
+    ("trainable_params_without_head", "without head", "{:,}"),
+    ("optimizer_state_bytes", "optimizer state", "{}"),
+    ("step_memory_bytes", "step memory (XLA)", "{}"),
+    ("median_step_ms", "median step ms", "{:.0f}"),
+    ("examples_per_s", "examples/s", "{:.0f}"),
+    ("checkpoint_bytes", "checkpoint", "{}"),
+]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def step_memory(state, batch: dict) -> dict:
+    """XLA's memory accounting of the compiled train step for this batch shape (bytes)."""
+    mem = train_step.lower(state, batch).compile().memory_analysis()
+    out = {k: int(getattr(mem, f"{k}_size_in_bytes", 0))
+           for k in ("argument", "output", "temp", "alias")}
+    out["peak"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return out
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    import flax
+    import optax
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(),
+            "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+            "python": platform.python_version()}
+
+
+def compare(base: TrainConfig, methods: list[str], out_dir: str | os.PathLike, *,
+            data_dir: str | None = None, progress: bool = True) -> dict:
+    """Train ``base`` once per method (same data, seed, epochs) and tabulate the results."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    task = get_task(base.task)
+    pre = load_pretrained(base.model, num_labels=task.num_labels, seed=base.seed)
+    rows = []
+    for method in methods:
+        cfg = dataclasses.replace(base, method=method)
+        result = fit(cfg, out / method, data_dir=data_dir, pretrained=pre, progress=progress)
+        state = result.state
+        # measure memory on a batch of the largest bucket (the run's worst case)
+        length = result.info["buckets"][-1]
+        probe = {"input_ids": np.zeros((cfg.batch_size, length), np.int32),
+                 "token_type_ids": np.zeros((cfg.batch_size, length), np.int32),
+                 "attention_mask": np.ones((cfg.batch_size, length), np.int32),
+                 "label": np.zeros(cfg.batch_size, np.float32 if task.is_regression
+                                   else np.int32),
+                 "weight": np.ones(cfg.batch_size, np.float32)}
+        mem = step_memory(state, probe)
+        median_ms = float(np.median(result.step_ms)) if result.step_ms else float("nan")
+        rows.append({
+            "method": method,
+            "best": result.best["eval"][task.primary],
+            "best_epoch": result.best["epoch"],
+            "final": result.final["eval"][task.primary],
+            "eval_best": result.best["eval"],
+            "trainable_params": count_params(state.variables, method),
+            "trainable_params_without_head": count_params(state.variables, method,
+                                                          include_head=False),
+            "total_params": count_params(state.variables),
+            "optimizer_state_bytes": tree_bytes(state.opt_state),
+            "step_memory_bytes": mem["peak"],
+            "step_memory": mem,
+            "median_step_ms": median_ms,
+            "examples_per_s": 1000 * cfg.batch_size / median_ms,
+            "checkpoint_bytes": (out / method / "adapter.safetensors").stat().st_size,
+            "learning_rate": cfg.lr,
+            "real_token_fraction": result.info["real_token_fraction"],
+        })
+    report = {"task": task.name, "primary": task.primary, "config": base.to_json(),
+              "methods": methods, "rows": rows, "machine": machine_info(),
+              "train_examples": result.info["train_examples"],
+              "dev_examples": result.info["dev_examples"]}
+    atomic_write(out / "compare.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+    md = markdown_table(report)
+    atomic_write(out / "compare.md", lambda tmp: Path(tmp).write_text(md))
+    plot(report, out / "compare.png")
+    return report
+
+
+def markdown_table(report: dict) -> str:
+    """The comparison as a Markdown table (the same numbers as ``compare.json``)."""
+    primary = report["primary"]
+    head = [h.format(primary=primary) for _, h, _ in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in report["rows"]:
+        cells = []
+        for key, _, fmt in COLUMNS:
+            v = row[key]
+            cells.append(human_bytes(v) if key.endswith("bytes") else fmt.format(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    cfg = report["config"]
+    note = (f"\n{report['task']}: {report['train_examples']} training examples, "
+            f"{report['dev_examples']} dev examples, {cfg['epochs']} epochs, batch "
+            f"{cfg['batch_size']}, seed {cfg['seed']}, model {cfg['model']}; "
+            f"{report['machine']['cpu']} ({report['machine']['cores']} cores), "
+            f"jax {report['machine']['jax']}.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def plot(report: dict, path: Path) -> None:
+    """Bar charts: the metric, and trainable parameters (log scale), per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    names = [r["method"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a1.bar(names, [r["best"] for r in rows], color="tab:blue")
+    a1.set_title(f"{report['task']}: best dev {report['primary']}")
+    a2.bar(names, [r["trainable_params"] for r in rows], color="tab:orange")
+    a2.set_yscale("log")
+    a2.set_title("trainable parameters (log)")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)

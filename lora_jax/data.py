@@ -1,0 +1,413 @@
+"""GLUE data: the nine tasks, their files, tokenization once, and length-bucketed batches.
+
+Sources, in order of preference:
+1. a directory in the official GLUE TSV layout (``<dir>/<TASK>/{train,dev}.tsv``), given by
+   ``data_dir`` / ``--data-dir`` or the environment variable ``LORA_JAX_GLUE_DIR``;
+2. otherwise the official GLUE archives, downloaded once into a cache folder and checked against
+   their sha256 (the same files and checksums tensorflow-datasets uses); with no network this
+   fails fast with a message that says how to supply a directory;
+3. ``source="tfds"``: tensorflow-datasets' ``glue/<task>`` (an optional extra).
+
+The TSV reader handles GLUE's quirks: quoting is off (rows contain ``"``), MRPC starts with a
+UTF-8 BOM, CoLA has no header, some files lack a final newline. A malformed row is an error that
+names the file and the line.
+
+Batches pad every example to one of a few bucket lengths, so a run compiles only a handful of
+shapes; the last batch of a bucket is filled with weight-0 rows, so every example is seen exactly
+once per epoch and every batch has the same size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lora_jax.files import atomic_write
+from lora_jax.pretrained import TextTokenizer, pad_batch
+
+ENV_DATA_DIR = "LORA_JAX_GLUE_DIR"
+ENV_CACHE = "LORA_JAX_CACHE"
+SOURCES = ("tsv", "tfds")
+
+
+class GlueDataError(ValueError):
+    """Bad or missing GLUE data; the message names the file (and line) or the missing piece."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One GLUE task: where its files are and how to read a row.
+
+    Columns are header names, or indices for CoLA (no header). ``labels`` is None for the
+    regression task STS-B. ``primary`` is the metric the LoRA paper reports for the task.
+    """
+
+    name: str
+    folder: str
+    text_a: str | int
+    text_b: str | int | None
+    label: str | int
+    labels: tuple[str, ...] | None
+    metrics: tuple[str, ...]
+    primary: str
+    dev_file: str = "dev.tsv"
+    header: bool = True
+    min_columns: int = 0  # CoLA rows have exactly 4 columns
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+
+_NLI3 = ("contradiction", "entailment", "neutral")
+_ENT2 = ("entailment", "not_entailment")
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("cola", "CoLA", 3, None, 1, ("0", "1"), ("mcc", "accuracy"), "mcc",
+         header=False, min_columns=4),
+    Task("sst2", "SST-2", "sentence", None, "label", ("0", "1"), ("accuracy",), "accuracy"),
+    Task("mrpc", "MRPC", "#1 String", "#2 String", "Quality", ("0", "1"), ("accuracy", "f1"),
+         "accuracy"),
+    Task("qqp", "QQP", "question1", "question2", "is_duplicate", ("0", "1"), ("accuracy", "f1"),
+         "accuracy"),
+    Task("stsb", "STS-B", "sentence1", "sentence2", "score", None, ("pearson", "spearman"),
+         "pearson"),
+    Task("mnli", "MNLI", "sentence1", "sentence2", "gold_label", _NLI3, ("accuracy",), "accuracy",
+         dev_file="dev_matched.tsv"),
+    Task("mnli-mm", "MNLI", "sentence1", "sentence2", "gold_label", _NLI3, ("accuracy",),
+         "accuracy", dev_file="dev_mismatched.tsv"),
+    Task("qnli", "QNLI", "question", "sentence", "label", _ENT2, ("accuracy",), "accuracy"),
+    Task("rte", "RTE", "sentence1", "sentence2", "label", _ENT2, ("accuracy",), "accuracy"),
+    Task("wnli", "WNLI", "sentence1", "sentence2", "label", ("0", "1"), ("accuracy",),
+         "accuracy"),
+)}
+
+
+def get_task(name: str) -> Task:
+    """A task by name, forgiving case and dashes: ``SST-2``, ``sst2``, ``STS-B``, ``mnli-mm``."""
+    key = name.lower().replace("_", "-")
+    key = key if key in TASKS else key.replace("-", "")
+    if key not in TASKS:
+        raise GlueDataError(f"unknown task {name!r}; GLUE tasks are {', '.join(TASKS)}")
+    return TASKS[key]
+
+
+@dataclass
+class Examples:
+    """Raw examples of one split: texts and labels (int class ids, or float scores)."""
+
+    text_a: list[str]
+    text_b: list[str] | None
+    labels: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.text_a)
+
+    def subset(self, idx: np.ndarray) -> Examples:
+        b = None if self.text_b is None else [self.text_b[i] for i in idx]
+        return Examples([self.text_a[i] for i in idx], b, self.labels[idx], self.source)
+
+
+# --- reading TSV files --------------------------------------------------------------------------
+
+
+def read_tsv(path: str | os.PathLike, task: Task) -> Examples:
+    """Read one GLUE TSV file, quoting off. Every problem names the file and the line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise GlueDataError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise GlueDataError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # final newline (CoLA's dev file has none)
+    first = 0
+    cols = {}
+    if task.header:
+        if not lines:
+            raise GlueDataError(f"{path}: empty file, expected a header line")
+        header = lines[0].rstrip("\r").split("\t")
+        for c in (task.text_a, task.text_b, task.label):
+            if c is not None and c not in header:
+                raise GlueDataError(f"{path}:1: header has no column {c!r} (found {header})")
+        cols = {c: header.index(c) for c in (task.text_a, task.text_b, task.label) if c}
+        first = 1
+    ia = cols.get(task.text_a, task.text_a)
+    ib = None if task.text_b is None else cols.get(task.text_b, task.text_b)
+    il = cols.get(task.label, task.label)
+    need = max(i for i in (ia, ib, il) if i is not None) + 1
+    need = max(need, task.min_columns)
+    label_ids = None if task.labels is None else {v: i for i, v in enumerate(task.labels)}
+    text_a, text_b, labels = [], [], []
+    for n, line in enumerate(lines[first:], start=first + 1):
+        row = line.rstrip("\r").split("\t")
+        if line.strip() == "":
+            raise GlueDataError(f"{path}:{n}: empty line")
+        if len(row) < need or (task.min_columns and len(row) != task.min_columns):
+            want = task.min_columns or f"at least {need}"
+            raise GlueDataError(f"{path}:{n}: expected {want} tab-separated columns, "
+                                f"got {len(row)}")
+        value = row[il].strip()
+        if label_ids is None:
+            try:
+                labels.append(float(value))
+            except ValueError:
+                raise GlueDataError(f"{path}:{n}: score {value!r} is not a number") from None
+        elif value in label_ids:
+            labels.append(label_ids[value])
+        else:
+            raise GlueDataError(f"{path}:{n}: label {value!r} is not one of {task.labels}")
+        text_a.append(row[ia])
+        if ib is not None:
+            text_b.append(row[ib])
+    dtype = np.float32 if label_ids is None else np.int32
+    return Examples(text_a, text_b if task.text_b is not None else None,
+                    np.asarray(labels, dtype), str(path))
+
+
+# --- finding the files --------------------------------------------------------------------------
+
+# The official GLUE archives (those tensorflow-datasets downloads): url, size, sha256.
+GLUE_ARCHIVES = {
+    "CoLA": ("https://dl.fbaipublicfiles.com/glue/data/CoLA.zip", 376971,
+             "f212fcd832b8f7b435fb991f101abf89f96b933ab400603bf198960dfc32cbff"),
+    "SST-2": ("https://dl.fbaipublicfiles.com/glue/data/SST-2.zip", 7439277,
+              "d67e16fb55739c1b32cdce9877596db1c127dc322d93c082281f64057c16deaa"),
+    "QQP": ("https://dl.fbaipublicfiles.com/glue/data/QQP.zip", 41696084,
+            "40e7c862c04eb26ee04b67fd900e76c45c6ba8e6d8fab4f8f1f8072a1a3fbae0"),
+    "STS-B": ("https://dl.fbaipublicfiles.com/glue/data/STS-B.zip", 802872,
+              "e60a6393de5a8b5b9bac5020a1554b54e3691f9d600b775bd131e613ac179c85"),
+    "MNLI": ("https://dl.fbaipublicfiles.com/glue/data/MNLI.zip", 312783507,
+             "e7c1d896d26ed6caf700110645df426cc2d8ebf02a5ab743d5a5c68ac1c83633"),
+    "QNLI": ("https://dl.fbaipublicfiles.com/glue/data/QNLIv2.zip", 10627589,
+             "e634e78627a29adaecd4f955359b22bf5e70f2cbd93b493f2d624138a0c0e5f5"),
+    "RTE": ("https://dl.fbaipublicfiles.com/glue/data/RTE.zip", 697150,
+            "6bf86de103ecd335f3441bd43574d23fef87ecc695977a63b82d5efb206556ee"),
+    "WNLI": ("https://dl.fbaipublicfiles.com/glue/data/WNLI.zip", 28999,
+             "ae0e8e4d16f4d46d4a0a566ec7ecceccfd3fbfaa4a7a4b4e02848c0f2561ac46"),
+}
+# MRPC is not hosted by GLUE: its train/dev split is rebuilt from the SentEval copy of the
+# corpus and GLUE's list of dev pair ids, as the GLUE download script does.
+MRPC_FILES = {
+    "train": ("https://dl.fbaipublicfiles.com/senteval/senteval_data/msr_paraphrase_train.txt",
+              1047044, "60a9b09084528f0673eedee2b69cb941920f0b8cd0eeccefc464a98768457f89"),
+    "dev_ids": ("https://firebasestorage.googleapis.com/v0/b/mtl-sentence-representations."
+                "appspot.com/o/data%2Fmrpc_dev_ids.tsv?alt=media&token=ec5c0836-31d5-48f4-b431-"
+                "7480817f1adc", 6222,
+                "971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7"),
+}
+DOWNLOAD_TIMEOUT_S = 15
+
+
+def cache_dir() -> Path:
+    """Where downloads go: ``$LORA_JAX_CACHE`` or ``~/.cache/lora_jax``."""
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "lora_jax")
+
+
+def _no_data_hint(task: Task) -> str:
+    return (f"supply a GLUE directory holding {task.folder}/train.tsv and {task.folder}/"
+            f"{task.dev_file} with --data-dir or the environment variable {ENV_DATA_DIR}")
+
+
+def fetch(url: str, size: int, sha256: str, task: Task) -> bytes:
+    """Download ``url`` and check its size and sha256; fail fast and clearly without network."""
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r:
+            data = r.read()
+    except (urllib.error.URLError, OSError) as e:
+        raise GlueDataError(f"could not download {url} ({getattr(e, 'reason', e)}); "
+                            f"{_no_data_hint(task)}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != size or digest != sha256:
+        raise GlueDataError(f"download of {url} is corrupt: {len(data)} bytes, sha256 "
+                            f"{digest}; expected {size} bytes, sha256 {sha256}")
+    return data
+
+
+def download_task(task: Task, root: Path | None = None) -> Path:
+    """Download and unpack one task into ``<cache>/glue/<TASK>/`` (once); returns ``<cache>/glue``.
+
+    Files are extracted to temporary names and renamed, so an interrupted download leaves
+    nothing that looks complete.
+    """
+    root = root or cache_dir() / "glue"
+    dest = root / task.folder
+    if (dest / "train.tsv").is_file() and (dest / task.dev_file).is_file():
+        return root
+    dest.mkdir(parents=True, exist_ok=True)
+    if task.folder == "MRPC":
+        _build_mrpc(dest, task)
+        return root
+    url, size, sha = GLUE_ARCHIVES[task.folder]
+    with zipfile.ZipFile(io.BytesIO(fetch(url, size, sha, task))) as z:
+        for member in z.namelist():
+            name = Path(member).name
+            if name.endswith(".tsv") and Path(member).parent.name == task.folder:
+                atomic_write(dest / name, lambda tmp, m=member: Path(tmp).write_bytes(z.read(m)))
+    return root
+
+
+def _build_mrpc(dest: Path, task: Task) -> None:
+    corpus = fetch(*MRPC_FILES["train"], task).decode("utf-8-sig").splitlines()
+    dev_ids = {tuple(line.split("\t")) for line in
+               fetch(*MRPC_FILES["dev_ids"], task).decode("utf-8-sig").splitlines()}
+    header, rows = corpus[0], [r for r in corpus[1:] if r.strip()]
+    dev = [r for r in rows if tuple(r.split("\t")[1:3]) in dev_ids]
+    train = [r for r in rows if tuple(r.split("\t")[1:3]) not in dev_ids]
+    for name, part in (("train.tsv", train), ("dev.tsv", dev)):
+        body = "\n".join([header, *part]) + "\n"
+        atomic_write(dest / name, lambda tmp, b=body: Path(tmp).write_text(b, encoding="utf-8"))
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None, task: Task) -> Path:
+    """The GLUE root for ``task``: the given directory, else ``$LORA_JAX_GLUE_DIR``, else the
+    download cache (downloading on first use)."""
+    given = data_dir or os.environ.get(ENV_DATA_DIR)
+    if not given:
+        return download_task(task)
+    root = Path(given)
+    folder = root / task.folder
+    expected = [folder / "train.tsv", folder / task.dev_file]
+    if not all(p.is_file() for p in expected):
+        found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else "no such folder"
+        missing = ", ".join(str(p) for p in expected if not p.is_file())
+        raise GlueDataError(f"{root}: missing {missing} (found in {folder}: {found}); the GLUE "
+                            f"layout is <dir>/{task.folder}/train.tsv and "
+                            f"<dir>/{task.folder}/{task.dev_file}")
+    return root
+
+
+def load_split(task: Task | str, split: str, *, data_dir: str | os.PathLike | None = None,
+               source: str = "tsv", limit: int | None = None, seed: int = 0) -> Examples:
+    """Examples of ``split`` (``train`` or ``dev``), optionally a seeded subsample of ``limit``."""
+    task = get_task(task) if isinstance(task, str) else task
+    if split not in ("train", "dev"):
+        raise GlueDataError(f"unknown split {split!r}; use 'train' or 'dev'")
+    if source == "tfds":
+        from lora_jax.tfds_source import load_tfds
+
+        examples = load_tfds(task, split, data_dir=data_dir)
+    elif source == "tsv":
+        root = resolve_data_dir(data_dir, task)
+        name = "train.tsv" if split == "train" else task.dev_file
+        examples = read_tsv(root / task.folder / name, task)
+    else:
+        raise GlueDataError(f"unknown source {source!r}; use one of {SOURCES}")
+    if limit is not None:
+        if limit <= 0:
+            raise GlueDataError(f"limit must be positive, got {limit}")
+        if limit < len(examples):
+            idx = np.sort(np.random.default_rng(seed).choice(len(examples), limit, replace=False))
+            examples = examples.subset(idx)
+    return examples
+
+
+# --- tokenization and batches -------------------------------------------------------------------
+
+
+@dataclass
+class Encoded:
+    """Tokenized examples: unpadded ids per example, their lengths, and labels."""
+
+    ids: list[tuple[list[int], list[int]]]
+    lengths: np.ndarray
+    labels: np.ndarray
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode(tokenizer: TextTokenizer, examples: Examples) -> Encoded:
+    """Tokenize every example once (truncated to the tokenizer's max length)."""
+    ids = tokenizer.encode(examples.text_a, examples.text_b)
+    lengths = np.array([len(x) for x, _ in ids], np.int32)
+    return Encoded(ids, lengths, examples.labels, tokenizer.pad_id)
+
+
+def choose_buckets(lengths: np.ndarray, max_length: int, quantiles=(0.5, 0.9, 1.0),
+                   multiple: int = 16) -> tuple[int, ...]:
+    """A few pad lengths from the token-length distribution: by default the median, the 90th
+    percentile and the maximum, each rounded up to a multiple of ``multiple``, capped at
+    ``max_length``. Fewer buckets mean fewer compiles; more mean less padding."""
+    qs = np.quantile(lengths, quantiles)
+    return tuple(sorted({min(max_length, multiple * int(np.ceil(q / multiple))) for q in qs}))
+
+
+class Batcher:
+    """Length-bucketed batches of a fixed size, deterministic given ``seed`` and the epoch.
+
+    Each example goes to the smallest bucket that fits it; within a bucket examples are shuffled
+    (when ``shuffle``) and cut into batches; the last batch of a bucket is filled with weight-0
+    rows; the order of batches is shuffled too. Shapes: one per bucket.
+    """
+
+    def __init__(self, data: Encoded, batch_size: int, buckets: tuple[int, ...], *,
+                 shuffle: bool, seed: int = 0):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if len(data) == 0:
+            raise ValueError("no examples to batch")
+        self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
+        self.buckets = tuple(sorted(buckets))
+        too_long = int(data.lengths.max()) > self.buckets[-1]
+        if too_long:
+            raise ValueError(f"an example has {int(data.lengths.max())} tokens, more than the "
+                             f"largest bucket {self.buckets[-1]}")
+        self.bucket_of = np.searchsorted(np.array(self.buckets), data.lengths)
+
+    def plan(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        """The epoch's batches as (bucket length, example indices), before padding."""
+        rng = np.random.default_rng([self.seed, epoch])
+        batches = []
+        for b, length in enumerate(self.buckets):
+            idx = np.flatnonzero(self.bucket_of == b)
+            if self.shuffle:
+                idx = rng.permutation(idx)
+            batches += [(length, idx[i:i + self.batch_size])
+                        for i in range(0, len(idx), self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __len__(self) -> int:
+        return len(self.plan(0))
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
+        """Padded batches of ``epoch``, from batch number ``start`` (for resuming)."""
+        for length, idx in self.plan(epoch)[start:]:
+            yield self.collate(length, idx)
+
+    def collate(self, length: int, idx: np.ndarray) -> dict:
+        n = len(idx)
+        pad_rows = self.batch_size - n
+        enc = [self.data.ids[i] for i in idx] + [([self.data.pad_id], [0])] * pad_rows
+        batch = pad_batch(enc, length, self.data.pad_id)
+        labels = self.data.labels[idx]
+        batch["label"] = np.concatenate([labels, np.zeros(pad_rows, labels.dtype)])
+        batch["weight"] = np.concatenate([np.ones(n, np.float32), np.zeros(pad_rows, np.float32)])
+        batch["index"] = np.concatenate([idx, -np.ones(pad_rows, idx.dtype)]).astype(np.int32)
+        return batch
+
+    def real_token_fraction(self) -> float:
+        """Real tokens / padded tokens over one epoch: how much work the padding wastes."""
+        padded = sum(length * self.batch_size for length, _ in self.plan(0))
+        return float(self.data.lengths.sum()) / padded
