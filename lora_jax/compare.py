@@ -5,6 +5,10 @@ the task metric (best and final epoch), trainable parameters with and without th
 optimizer-state bytes, the compiled train step's memory (XLA's own accounting), the median step
 time and examples per second, and the bytes of the saved adapter file. It writes
 ``compare.json``, ``compare.md`` and ``compare.png`` into the output directory.
+
+Step times come from the training run itself, on whatever else the machine is doing; the table
+shows the median at the bucket length that ran the most steps. For clean speed comparisons use
+the benchmarks, which interleave methods and report medians.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ COLUMNS = [  # (key, header, format)
     ("optimizer_state_bytes", "optimizer state", "{}"),
     ("step_memory_bytes", "step memory (XLA)", "{}"),
     ("median_step_ms", "median step ms", "{:.0f}"),
+    ("step_length", "at T", "{}"),
     ("examples_per_s", "examples/s", "{:.0f}"),
     ("checkpoint_bytes", "checkpoint", "{}"),
 ]
@@ -92,7 +97,7 @@ def compare(base: TrainConfig, methods: list[str], out_dir: str | os.PathLike, *
                                    else np.int32),
                  "weight": np.ones(cfg.batch_size, np.float32)}
         mem = step_memory(state, probe)
-        median_ms = float(np.median(result.step_ms)) if result.step_ms else float("nan")
+        length_t, median_ms = result.typical_step()
         rows.append({
             "method": method,
             "best": result.best["eval"][task.primary],
@@ -107,6 +112,8 @@ def compare(base: TrainConfig, methods: list[str], out_dir: str | os.PathLike, *
             "step_memory_bytes": mem["peak"],
             "step_memory": mem,
             "median_step_ms": median_ms,
+            "step_length": length_t,
+            "median_step_ms_by_length": result.median_step_ms(),
             "examples_per_s": 1000 * cfg.batch_size / median_ms,
             "checkpoint_bytes": (out / method / "adapter.safetensors").stat().st_size,
             "learning_rate": cfg.lr,

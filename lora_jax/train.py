@@ -254,10 +254,21 @@ class RunResult:
     epochs: list[dict]
     best: dict | None
     final: dict | None
-    step_ms: list[float]
+    step_ms: dict[int, list[float]]  # bucket length -> times of steps that did not compile
     stopped_early: bool = False
     info: dict = field(default_factory=dict)
     state: Any = None  # the final TrainState, for callers that measure or merge right away
+
+    def median_step_ms(self) -> dict[str, float]:
+        """Median step time per bucket length (compile steps excluded), e.g. {"T=32": 118.0}."""
+        return {f"T={t}": float(np.median(v)) for t, v in sorted(self.step_ms.items())}
+
+    def typical_step(self) -> tuple[int, float]:
+        """(bucket length, median ms) of the bucket that ran the most steps."""
+        if not self.step_ms:
+            return 0, float("nan")
+        t = max(self.step_ms, key=lambda k: len(self.step_ms[k]))
+        return t, float(np.median(self.step_ms[t]))
 
 
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = None,
@@ -322,7 +333,7 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
         "base_fingerprint": pre.fingerprint, "model_config": asdict(pre.config),
         "train_config": cfg.to_json(),
     }
-    result = RunResult(run_dir, [], [], None, None, [])
+    result = RunResult(run_dir, [], [], None, None, {})
     result.info = {"real_token_fraction": train_batches.real_token_fraction(),
                    "buckets": list(train_batches.buckets), "train_examples": len(train),
                    "dev_examples": len(dev), "steps_per_epoch": per_epoch,
@@ -342,7 +353,7 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
                 loss = float(metrics["loss"])  # waits for the step: honest timing
                 dt = time.perf_counter() - t0
                 if shape in seen_shapes:
-                    result.step_ms.append(1000 * dt)
+                    result.step_ms.setdefault(shape[1], []).append(1000 * dt)
                 seen_shapes.add(shape)
                 step = int(state.step)
                 if not math.isfinite(loss):
@@ -377,7 +388,7 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
         result.best = max(result.epochs, key=lambda r: r["eval"][task.primary])
     summary = {"task": task.name, "method": cfg.method, "primary": task.primary,
                "best": result.best, "final": result.final, **result.info,
-               "median_step_ms": float(np.median(result.step_ms)) if result.step_ms else None}
+               "median_step_ms": result.median_step_ms()}
     atomic_write(run_dir / "summary.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2) + "\n"))
     result.state = state
