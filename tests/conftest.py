@@ -1,8 +1,8 @@
 """Shared fixtures: a tiny model with adapters, and a batch for it."""
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from lora_jax import LoRAConfig, ModelConfig, SequenceClassifier
