@@ -1,0 +1,91 @@
+"""Shared pieces of the benchmarks: the synthetic batch, states per method, timing, output."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lora_jax import LoRAConfig, create_train_state, make_optimizer, trainable_labels
+from lora_jax.compare import machine_info
+from lora_jax.models import SequenceClassifier
+from lora_jax.train import init_variables
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+LORA = LoRAConfig(rank=8, alpha=16.0, targets=("query", "value"))
+
+
+def synthetic_batch(batch: int, seq: int, seed: int = 0) -> dict:
+    """The peer benchmark's batch: ids uniform in [1000, 30000), no padding, random labels."""
+    rng = np.random.default_rng(seed)
+    return {
+        "input_ids": jnp.asarray(rng.integers(1000, 30000, (batch, seq)), jnp.int32),
+        "token_type_ids": jnp.zeros((batch, seq), jnp.int32),
+        "attention_mask": jnp.ones((batch, seq), jnp.int32),
+        "label": jnp.asarray(rng.integers(0, 2, batch), jnp.int32),
+    }
+
+
+def no_dropout(cfg):
+    return cfg.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def make_state(pre, method: str, *, lora: LoRAConfig = LORA, adapter_size: int = 64,
+               dtype_cfg=None, seed: int = 0):
+    """A train state for ``method`` on the pretrained ``pre`` (dropout off, like the peer)."""
+    cfg = no_dropout(dtype_cfg or pre.config)
+    model = SequenceClassifier(cfg, lora if method == "lora" else None,
+                               adapter_size if method == "adapter" else None)
+    variables = init_variables(model, pre.params, method, jax.random.key(seed))
+    tx = make_optimizer(trainable_labels(variables, method), learning_rate=1e-4,
+                        total_steps=10_000)
+    return create_train_state(model.apply, variables, method, tx, jax.random.key(seed + 1))
+
+
+def block(x):
+    return jax.block_until_ready(x)
+
+
+def timed(fn, n: int) -> list[float]:
+    """Wall-clock ms of ``n`` calls of ``fn`` (each waits for its result)."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        block(fn())
+        out.append(1000 * (time.perf_counter() - t0))
+    return out
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
+    """The machine's jitted f32 matmul throughput (n^3 multiply-adds), median of ``reps``."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    block(f(a, a))
+    ms = statistics.median(timed(lambda: f(a, a), reps))
+    return 2 * n**3 / (ms / 1000) / 1e9
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emit(record: dict, out: Path | None) -> None:
+    """Print one JSON line (and append it to ``out``)."""
+    line = json.dumps(record, sort_keys=True)
+    print(line, flush=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def header(kind: str, config: dict) -> dict:
+    return {"benchmark": kind, "machine": machine_info(), "config": config,
+            "argv": sys.argv[1:], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
