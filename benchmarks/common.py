@@ -76,11 +76,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def emit(record: dict, out: Path | None) -> None:
+def emit(record: dict, out: str | Path | None) -> None:
     """Print one JSON line (and append it to ``out``)."""
     line = json.dumps(record, sort_keys=True)
     print(line, flush=True)
     if out is not None:
+        out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "a", encoding="utf-8") as f:
             f.write(line + "\n")
