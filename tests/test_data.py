@@ -156,7 +156,8 @@ def test_buckets_bound_the_shapes_and_every_example_is_seen_once():
     lengths = rng.integers(3, 120, 1000)
     data = fake_encoded(lengths)
     buckets = choose_buckets(lengths, 128)
-    assert len(buckets) <= 3 and buckets[-1] >= lengths.max()
+    assert len(buckets) <= 5 and buckets[-1] >= lengths.max()
+    assert all(b % 8 == 0 for b in buckets)
     batcher = Batcher(data, 32, buckets, shuffle=True, seed=0)
     for epoch in range(2):
         seen, shapes = [], set()
