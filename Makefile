@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the notebooks run top to bottom in quick mode (LORA_JAX_QUICK=1: less data, fewer steps)
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	LORA_JAX_QUICK=1 $(PY) -m pytest -q tests --nbmake notebooks
 
 demo: $(STAMP)
 	$(VENV)/bin/lora-jax compare $(DEMO_FLAGS)

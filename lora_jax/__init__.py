@@ -18,7 +18,7 @@ from lora_jax.pretrained import (
     load_tokenizer,
     save_pretrained,
 )
-from lora_jax.train import TrainState, create_train_state, predict, train_step
+from lora_jax.train import TrainState, create_train_state, init_variables, predict, train_step
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "count_params",
     "create_train_state",
     "delta_w",
+    "init_variables",
     "load_pretrained",
     "load_tokenizer",
     "make_optimizer",

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: no ipywidgets needed in notebooks
 
 from lora_jax.checkpoint import apply_adapter, load_state, read_adapter, save_adapter, save_state
 from lora_jax.data import Batcher, Task, choose_buckets, encode, get_task, load_split
