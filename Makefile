@@ -8,6 +8,14 @@ STAMP  := $(VENV)/.installed
 # 2 CPU cores). GLUE comes from $$LORA_JAX_GLUE_DIR when set, else it is downloaded once.
 DEMO_FLAGS ?= --task sst2 --methods full,lora --train-limit 8000 --epochs 2 --out runs/demo
 
+# The GLUE files: $$LORA_JAX_GLUE_DIR when set, else the project's offline copy beside the
+# checkout when there is one, else the library downloads the official archives once.
+ifeq ($(LORA_JAX_GLUE_DIR),)
+ifneq ($(wildcard ../shared/data/glue),)
+export LORA_JAX_GLUE_DIR := $(abspath ../shared/data/glue)
+endif
+endif
+
 .PHONY: install test lint demo clean
 
 $(STAMP): pyproject.toml
