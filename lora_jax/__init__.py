@@ -3,6 +3,7 @@
 The public names below are used by the notebooks and slides; keep them stable.
 """
 
+from lora_jax.data import get_task, load_split
 from lora_jax.lora import LoRAConfig, LoRADense, delta_w, merge, unmerge
 from lora_jax.models import LORA_TARGETS, TARGET_PRESETS, ModelConfig, SequenceClassifier
 from lora_jax.optim import (
@@ -18,7 +19,18 @@ from lora_jax.pretrained import (
     load_tokenizer,
     save_pretrained,
 )
-from lora_jax.train import TrainState, create_train_state, init_variables, predict, train_step
+from lora_jax.report import parameter_report
+from lora_jax.train import (
+    TrainConfig,
+    TrainState,
+    create_train_state,
+    evaluate,
+    fit,
+    init_variables,
+    predict,
+    restore,
+    train_step,
+)
 
 __version__ = "0.1.0"
 
@@ -30,17 +42,24 @@ __all__ = [
     "LoRADense",
     "ModelConfig",
     "SequenceClassifier",
+    "TrainConfig",
     "TrainState",
     "Pretrained",
     "count_params",
     "create_train_state",
     "delta_w",
+    "evaluate",
+    "fit",
+    "get_task",
     "init_variables",
     "load_pretrained",
+    "load_split",
     "load_tokenizer",
     "make_optimizer",
     "merge",
+    "parameter_report",
     "predict",
+    "restore",
     "save_pretrained",
     "train_step",
     "trainable_labels",

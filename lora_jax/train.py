@@ -380,7 +380,8 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
             log.write(json.dumps(record) + "\n")
             log.flush()
             save_state(state_file, state, {"epoch": epoch, "batch": 0}, run_meta)
-            bar.write(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            if progress:
+                bar.write(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         bar.close()
     save_adapter(run_dir / "adapter.safetensors", state.variables, cfg.method, adapter_meta)
     result.final = result.epochs[-1] if result.epochs else None
