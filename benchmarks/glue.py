@@ -3,8 +3,9 @@
 Each (task, seed) is one ``compare`` run under ``runs/glue/<task>/seed<k>/``; the script then
 collects the best-epoch dev metric of every method (median and spread over seeds) with its
 trainable-parameter counts into ``results/glue.json`` and ``results/glue.md``, and draws
-``results/figures/glue.png``. Finished (task, seed) runs are reused, so the script can be
-re-run after an interruption or with more seeds.
+``results/figures/glue.png``. Each finished (task, seed) report is kept under
+``results/glue/``, so the script can be re-run after an interruption, with more tasks or with
+more seeds, and only trains what is missing.
 
     python benchmarks/glue.py --tasks rte,mrpc,stsb,cola,sst2 --seeds 0 --epochs 3
 """
@@ -27,17 +28,22 @@ TRAIN_LIMIT = {"sst2": 8_000}  # SST-2: a seeded subsample (fits the session); t
 
 
 def run(tasks, methods, seeds, epochs, out_root: Path, data_dir=None) -> dict:
+    """Train what is missing, then collect every (task, seed). A finished run's report is kept
+    in ``results/glue/<task>-seed<k>.json`` (small, committed), so later sessions reuse it."""
     cells: dict = {}
     for task in tasks:
         for seed in seeds:
-            out = out_root / task / f"seed{seed}"
-            report_file = out / "compare.json"
-            if report_file.is_file() and json.loads(report_file.read_text())["methods"] == methods:
-                report = json.loads(report_file.read_text())
+            kept = RESULTS / "glue" / f"{task}-seed{seed}.json"
+            if kept.is_file() and json.loads(kept.read_text())["methods"] == methods:
+                report = json.loads(kept.read_text())
             else:
                 base = TrainConfig(task=task, epochs=epochs, seed=seed,
                                    train_limit=TRAIN_LIMIT.get(task))
-                report = compare(base, methods, out, data_dir=data_dir, progress=False)
+                report = compare(base, methods, out_root / task / f"seed{seed}",
+                                 data_dir=data_dir, progress=False)
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(kept, lambda tmp, r=report: Path(tmp).write_text(
+                    json.dumps(r, indent=2) + "\n"))
             for row in report["rows"]:
                 cell = cells.setdefault(task, {}).setdefault(row["method"], {"scores": []})
                 cell["scores"].append(row["best"])
@@ -69,10 +75,12 @@ def markdown(cells: dict, methods: list[str], epochs: int) -> str:
         row.append(f"{statistics.mean(scores):.1f}")
         lines.append("| " + " | ".join(row) + " |")
     n = max(c["n"] for t in cells.values() for c in t.values())
+    sst2 = (f" SST-2 trains on a seeded {TRAIN_LIMIT['sst2']:,}-example subsample."
+            if "sst2" in cells else "")
     return ("\n".join(lines) + f"\n\nBest-epoch dev scores x100 (median of {n} seed(s); ± is "
-            f"half the range), {epochs} epochs, all-MiniLM-L6-v2, batch 32. SST-2 trains on a "
-            "seeded 8,000-example subsample. Parameters: trainable with the task head, and "
-            "without it in brackets (the LoRA paper's convention).\n")
+            f"half the range), {epochs} epochs, all-MiniLM-L6-v2, batch 32, default learning "
+            f"rates.{sst2} Parameters: trainable with the task head, and without it in brackets "
+            "(the LoRA paper's convention).\n")
 
 
 def plot(cells: dict, methods: list[str], path: Path) -> None:
