@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import sys
@@ -88,5 +89,8 @@ def emit(record: dict, out: str | Path | None) -> None:
 
 
 def header(kind: str, config: dict) -> dict:
+    # paths in the command line are recorded relative to the working directory: results are
+    # committed, and a machine's own paths do not belong in them
+    argv = [os.path.relpath(a) if os.path.isabs(a) else a for a in sys.argv[1:]]
     return {"benchmark": kind, "machine": machine_info(), "config": config,
-            "argv": sys.argv[1:], "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "argv": argv, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
