@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from lora_jax.files import atomic_write
 from lora_jax.optim import flatten, split, unflatten
@@ -48,9 +48,9 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     if not path.is_file():
         raise CheckpointFileError(f"{path}: no such file")
     try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="numpy") as f:
+        with safe_open(str(path), framework="numpy") as f:  # one read: tensors and metadata
             raw = (f.metadata() or {}).get(META_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointFileError(f"{path}: not a readable safetensors file ({e})") from None
     if raw is None:
@@ -87,14 +87,16 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def apply_adapter(path: str | os.PathLike, base_variables: dict, fingerprint: str,
-                  template: dict) -> tuple[dict, dict]:
+                  template: dict, *, loaded: tuple[dict, dict] | None = None
+                  ) -> tuple[dict, dict]:
     """Put an adapter file's leaves into ``base_variables``: returns (variables, metadata).
 
     ``template`` is the full variables tree (arrays or shapes) the adapter's method expects; the
     file must hold exactly its trainable leaves with their shapes and dtypes, and must come from
-    the base whose weights have ``fingerprint``.
+    the base whose weights have ``fingerprint``. ``loaded`` is ``read_adapter(path)``'s result
+    when the caller already has it (the file is then not read again).
     """
-    tensors, meta = read_adapter(path)
+    tensors, meta = loaded or read_adapter(path)
     if meta["base_fingerprint"] != fingerprint:
         raise CheckpointFileError(
             f"{path}: adapter was trained on base model {meta.get('base_model')!r} "

@@ -412,12 +412,14 @@ def restore(adapter_path: str | os.PathLike, *, model: str | None = None
     The base is the one the file names, or ``model`` when given; either way its weights must
     have the fingerprint the adapter recorded.
     """
-    _, meta = read_adapter(adapter_path)
+    loaded = read_adapter(adapter_path)
+    meta = loaded[1]
     cfg = TrainConfig.from_json(meta.get("train_config", {}))
     labels = meta.get("labels") or []
     pre = load_pretrained(model or meta.get("base_model", cfg.model),
                           num_labels=max(len(labels), 1), seed=cfg.seed)
     net = build_model(pre, cfg)
     template = init_variables(net, pre.params, cfg.method, jax.random.key(0))
-    variables, meta = apply_adapter(adapter_path, template, pre.fingerprint, template)
+    variables, meta = apply_adapter(adapter_path, template, pre.fingerprint, template,
+                                    loaded=loaded)
     return net, variables, meta, pre
