@@ -31,7 +31,7 @@ from lora_jax.data import Batcher, Task, choose_buckets, encode, get_task, load_
 from lora_jax.files import atomic_write
 from lora_jax.lora import LORA, LoRAConfig
 from lora_jax.metrics import compute
-from lora_jax.models import ADAPTERS, SequenceClassifier, check_targets
+from lora_jax.models import ADAPTERS, SequenceClassifier, check_targets, start_head_at
 from lora_jax.optim import FROZEN, METHODS, TRAINABLE, make_optimizer, trainable_labels
 from lora_jax.pretrained import Pretrained, load_pretrained, load_tokenizer
 
@@ -313,7 +313,12 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
 
     k_init, k_dropout = jax.random.split(jax.random.key(cfg.seed))
     model = build_model(pre, cfg)
-    variables = init_variables(model, pre.params, cfg.method, k_init)
+    params = pre.params
+    label_mean = None
+    if task.is_regression and not pre.head_from_checkpoint:
+        label_mean = float(np.mean(train.labels))  # see start_head_at: why, and what it changes
+        params = start_head_at(params, pre.config, label_mean)
+    variables = init_variables(model, params, cfg.method, k_init)
     labels = trainable_labels(variables, cfg.method)
     tx = make_optimizer(labels, learning_rate=cfg.lr, total_steps=total_steps,
                         warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
@@ -338,6 +343,8 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
                    "buckets": list(train_batches.buckets), "train_examples": len(train),
                    "dev_examples": len(dev), "steps_per_epoch": per_epoch,
                    "total_steps": total_steps}
+    if label_mean is not None:
+        result.info["head_bias_start"] = label_mean
     seen_shapes: set[tuple] = set()
     ran = 0
     with open(run_dir / "metrics.jsonl", log_mode, encoding="utf-8") as log:

@@ -72,6 +72,35 @@ def test_regression_task_trains_with_mse(tiny_base, tiny_glue, tmp_path):
     assert evals[-1]["loss"] < 0.7 * evals[0]["loss"]
 
 
+def test_a_fresh_regression_head_starts_at_the_mean_training_label(tiny_base, tiny_glue,
+                                                                    tmp_path):
+    """The first step's loss is then about the labels' variance, not their mean square."""
+    from lora_jax.data import load_split
+
+    y = load_split("stsb", "train", data_dir=tiny_glue).labels
+    cfg = config(tiny_base, task="stsb", method="lora", epochs=1)
+    result = fit(cfg, tmp_path / "run", data_dir=tiny_glue, progress=False, stop_after_steps=1)
+    assert result.info["head_bias_start"] == pytest.approx(float(np.mean(y)))
+    assert np.var(y) < 0.5 * np.mean(y ** 2)  # the check below can tell the two apart
+    assert result.losses[0][1] == pytest.approx(np.var(y), rel=0.3)
+
+
+def test_start_head_at_sets_only_the_output_bias():
+    import jax
+
+    from lora_jax.models import ModelConfig, init_head, start_head_at
+    from lora_jax.optim import flatten
+
+    for cfg in (ModelConfig.tiny(num_labels=1), ModelConfig.tiny(num_labels=1,
+                                                                  model_type="roberta")):
+        params = {"classifier": init_head(cfg, jax.random.key(0))}
+        moved = flatten(start_head_at(params, cfg, 2.5))
+        before = flatten(params)
+        changed = [p for p in before if not np.array_equal(before[p], moved[p])]
+        assert len(changed) == 1 and changed[0].endswith("bias"), changed
+        assert np.all(np.asarray(moved[changed[0]]) == 2.5)
+
+
 def test_resume_gives_the_same_losses_as_a_straight_run(tiny_base, tiny_glue, tmp_path):
     cfg = config(tiny_base, method="lora", learning_rate=1e-2, lora_dropout=0.1)
     straight = fit(cfg, tmp_path / "a", data_dir=tiny_glue, progress=False)
