@@ -77,7 +77,7 @@ def machine_info() -> dict:
 
 
 def compare(base: TrainConfig, methods: list[str], out_dir: str | os.PathLike, *,
-            data_dir: str | None = None, progress: bool = True) -> dict:
+            data_dir: str | None = None, progress: bool = True, mesh: str | None = None) -> dict:
     """Train ``base`` once per method (same data, seed, epochs) and tabulate the results."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,8 @@ def compare(base: TrainConfig, methods: list[str], out_dir: str | os.PathLike, *
     rows = []
     for method in methods:
         cfg = dataclasses.replace(base, method=method)
-        result = fit(cfg, out / method, data_dir=data_dir, pretrained=pre, progress=progress)
+        result = fit(cfg, out / method, data_dir=data_dir, pretrained=pre, progress=progress,
+                     mesh=mesh)
         state = result.state
         # measure memory on a batch of the largest bucket (the run's worst case)
         length = result.info["buckets"][-1]

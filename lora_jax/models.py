@@ -25,6 +25,10 @@ TARGET_PRESETS = {
     "all": LORA_TARGETS,
 }
 MODEL_TYPES = ("bert", "roberta")
+# Mixed precision: activations and matmuls in ``dtype``; parameters, optimizer state, LayerNorm
+# statistics, softmax and the loss in float32. bfloat16 pays off on GPUs and TPUs, not on a
+# small CPU (XLA's CPU backend emulates most bf16 arithmetic).
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class ModelConfig:
     pad_token_id: int = 0
     model_type: str = "bert"
     num_labels: int = 2
+    dtype: str = "float32"  # compute dtype (activations, matmuls); parameters stay float32
 
     def __post_init__(self) -> None:
         for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -66,12 +71,19 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.model_type must be one of {MODEL_TYPES}, got {self.model_type!r}"
             )
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"ModelConfig.dtype must be one of {tuple(COMPUTE_DTYPES)}, "
+                             f"got {self.dtype!r}")
         for f in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0.0 <= getattr(self, f) < 1.0:
                 raise ValueError(f"ModelConfig.{f} must be in [0, 1), got {getattr(self, f)!r}")
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def compute_dtype(self):
+        return COMPUTE_DTYPES[self.dtype]
 
     @property
     def position_offset(self) -> int:
@@ -123,7 +135,7 @@ class Embeddings(nn.Module):
                       name="position_embeddings")(position_ids)
         x += nn.Embed(cfg.type_vocab_size, cfg.hidden_size,
                       name="token_type_embeddings")(token_type_ids)  # (B, T, D)
-        x = nn.LayerNorm(cfg.layer_norm_eps, name="LayerNorm")(x)
+        x = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.compute_dtype, name="LayerNorm")(x)
         return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
@@ -171,8 +183,10 @@ class Bottleneck(nn.Module):
         up = self.variable(ADAPTERS, "up", jnp.zeros, (self.size, d), jnp.float32)
         down_b = self.variable(ADAPTERS, "down_bias", jnp.zeros, (self.size,), jnp.float32)
         up_b = self.variable(ADAPTERS, "up_bias", jnp.zeros, (d,), jnp.float32)
-        z = nn.gelu(h @ down.value + down_b.value, approximate=False)  # (B, T, size)
-        return h + z @ up.value + up_b.value  # (B, T, D)
+        dt = h.dtype  # weights stay float32; compute in the activations' dtype
+        z = nn.gelu(h @ down.value.astype(dt) + down_b.value.astype(dt),
+                    approximate=False)  # (B, T, size)
+        return h + z @ up.value.astype(dt) + up_b.value.astype(dt)  # (B, T, D)
 
 
 class DenseLayerNorm(nn.Module):
@@ -195,7 +209,8 @@ class DenseLayerNorm(nn.Module):
         if self.adapter_size and (self.is_mutable_collection(ADAPTERS)
                                   or self.has_variable(ADAPTERS, "adapter")):
             y = Bottleneck(self.adapter_size, name="adapter")(y)
-        return nn.LayerNorm(cfg.layer_norm_eps, name="LayerNorm")(y + residual)
+        return nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.compute_dtype, name="LayerNorm")(
+            y + residual)
 
 
 class Attention(nn.Module):

@@ -31,8 +31,15 @@ from lora_jax.data import Batcher, Task, choose_buckets, encode, get_task, load_
 from lora_jax.files import atomic_write
 from lora_jax.lora import LORA, LoRAConfig
 from lora_jax.metrics import compute
-from lora_jax.models import ADAPTERS, SequenceClassifier, check_targets, start_head_at
+from lora_jax.models import (
+    ADAPTERS,
+    COMPUTE_DTYPES,
+    SequenceClassifier,
+    check_targets,
+    start_head_at,
+)
 from lora_jax.optim import FROZEN, METHODS, TRAINABLE, make_optimizer, trainable_labels
+from lora_jax.parallel import make_mesh, shard_batch, shard_state, sharded_train_step
 from lora_jax.pretrained import Pretrained, load_pretrained, load_tokenizer
 
 
@@ -108,9 +115,9 @@ def _global_norm(tree: Any, labels: Any) -> jax.Array:
     return jnp.sqrt(sum(sq)) if sq else jnp.zeros(())
 
 
-@partial(jax.jit, donate_argnums=0)
-def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    """One optimizer step on one batch; the state's buffers are donated to the new state."""
+def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    """One optimizer step on one batch (not jitted: ``train_step`` is this function jitted, and
+    ``lora_jax.parallel.sharded_train_step`` jits it with a mesh's in/out shardings)."""
     labels = trainable_labels(state.variables, state.method)  # static: depends on paths only
     dropout_rng = jax.random.fold_in(state.rng, state.step)
 
@@ -123,6 +130,11 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     variables = _apply_trainable(state.variables, updates, labels)
     metrics = {"loss": loss, "grad_norm": _global_norm(grads, labels), **aux}
     return state.replace(step=state.step + 1, variables=variables, opt_state=opt_state), metrics
+
+
+train_step = jax.jit(step_fn, donate_argnums=0)
+train_step.__doc__ = ("One optimizer step on one batch, jitted; the state's buffers are donated "
+                      "to the new state.")
 
 
 @partial(jax.jit, static_argnums=0)
@@ -169,6 +181,7 @@ class TrainConfig:
     seed: int = 0
     source: str = "tsv"
     save_every: int | None = None
+    dtype: str = "float32"  # compute dtype; "bfloat16" for GPU/TPU (params stay float32)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -182,6 +195,9 @@ class TrainConfig:
                 raise ValueError(f"{f} must be positive, got {v}")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype: unknown {self.dtype!r}; choose one of "
+                             f"{tuple(COMPUTE_DTYPES)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         object.__setattr__(self, "targets", tuple(self.targets))
@@ -211,7 +227,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_model(pre: Pretrained, cfg: TrainConfig) -> SequenceClassifier:
-    return SequenceClassifier(pre.config, cfg.lora_config(),
+    return SequenceClassifier(pre.config.replace(dtype=cfg.dtype), cfg.lora_config(),
                               cfg.adapter_size if cfg.method == "adapter" else None)
 
 
@@ -241,8 +257,9 @@ def evaluate(apply_fn: Callable, variables: dict, batcher: Batcher, task: Task) 
     return {**compute(task.metrics, pred, gold), "loss": float(loss)}
 
 
-def _device_batch(batch: dict) -> dict:
-    return {k: jnp.asarray(v) for k, v in batch.items() if k != "index"}
+def _host_batch(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "index"}
+
 
 
 @dataclass
@@ -273,7 +290,7 @@ class RunResult:
 
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = None,
         pretrained: Pretrained | None = None, resume: bool = False, progress: bool = True,
-        stop_after_steps: int | None = None) -> RunResult:
+        stop_after_steps: int | None = None, mesh: str | None = None) -> RunResult:
     """Train ``cfg.method`` on ``cfg.task``; evaluate after each epoch; write the run directory:
 
     ``config.json``, ``metrics.jsonl`` (one line per step and per evaluation), ``adapter.
@@ -281,7 +298,9 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
     and ``summary.json`` (best and final epoch). ``resume=True`` continues from
     ``state.safetensors`` with the same data order, dropout masks and schedule.
     ``stop_after_steps`` stops (with a saved state) after that many steps of this call, as an
-    interruption would.
+    interruption would. ``mesh`` (``"data=N[,model=M]"``, default: every local device on
+    ``data``) places the run on a device mesh (``lora_jax.parallel``); it is placement only, so
+    a run may resume on another mesh.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -291,6 +310,10 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
     atomic_write(run_dir / "config.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_json(), indent=2) + "\n"))
 
+    device_mesh = make_mesh(mesh)  # a bad --mesh fails here, before any data is read
+    if cfg.batch_size % device_mesh.shape["data"]:
+        raise ValueError(f"batch_size {cfg.batch_size} does not split over the mesh's data axis "
+                         f"of size {device_mesh.shape['data']}; use a multiple of it")
     task = get_task(cfg.task)
     pre = pretrained or load_pretrained(cfg.model, num_labels=task.num_labels, seed=cfg.seed)
     if pre.config.num_labels != task.num_labels:
@@ -332,6 +355,8 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
         epoch, start = pos["epoch"], pos["batch"]
         log_mode = "a"
         _truncate_log(run_dir / "metrics.jsonl", int(state.step))
+    state = shard_state(state, device_mesh)
+    step_on_mesh = sharded_train_step(state, device_mesh)  # train.step_fn, jitted for the mesh
 
     adapter_meta = {
         "task": task.name, "labels": list(task.labels or []), "base_model": pre.name,
@@ -356,7 +381,8 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
                     break
                 shape = batch["input_ids"].shape
                 t0 = time.perf_counter()
-                state, metrics = train_step(state, _device_batch(batch))
+                on_mesh = shard_batch(_host_batch(batch), device_mesh)
+                state, metrics = step_on_mesh(state, on_mesh)
                 loss = float(metrics["loss"])  # waits for the step: honest timing
                 dt = time.perf_counter() - t0
                 if shape in seen_shapes:
