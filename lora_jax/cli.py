@@ -5,6 +5,8 @@
     lora-jax compare  several methods on one task, then a table, JSON, Markdown and a chart
     lora-jax merge    fold an adapter into its base and write a Hugging Face model directory
     lora-jax info     parameter and byte counts for a model and method, without training
+    lora-jax export-peft  a LoRA adapter as a Hugging Face PEFT directory
+    lora-jax import-peft  a PEFT LoRA directory as a lora_jax adapter file
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from lora_jax.data import (
     read_tsv,
 )
 from lora_jax.lora import LoRAConfig, merge
-from lora_jax.models import LORA_TARGETS, TARGET_PRESETS, ModelConfig
+from lora_jax.models import COMPUTE_DTYPES, LORA_TARGETS, TARGET_PRESETS, ModelConfig
 from lora_jax.optim import METHODS
+from lora_jax.parallel import parse_mesh
+from lora_jax.peft import export_peft, import_peft, save_imported
 from lora_jax.pretrained import (
     DEFAULT_MODEL,
     CheckpointError,
@@ -125,6 +129,20 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=positive_int,
                    help="also save a resumable state every N steps (always after each epoch)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dtype", choices=tuple(COMPUTE_DTYPES), default="float32",
+                   help="compute dtype; bfloat16 keeps params and optimizer state in float32 "
+                        "(for GPU/TPU; not faster on small CPUs)")
+    p.add_argument("--mesh", type=mesh_spec, default=None,
+                   help="device mesh 'data=N[,model=M]': batch split over data, frozen weights "
+                        "over model (default: every local device on data)")
+
+
+def mesh_spec(text: str) -> str:
+    try:
+        parse_mesh(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
@@ -134,7 +152,7 @@ def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
         learning_rate=args.lr, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
         max_length=args.max_length, train_limit=args.train_limit, eval_limit=args.eval_limit,
-        seed=args.seed, source=args.source, save_every=args.save_every)
+        seed=args.seed, source=args.source, save_every=args.save_every, dtype=args.dtype)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--model", help="base model (default: the one the adapter names)")
 
+    p = sub.add_parser("export-peft", help="write a LoRA adapter as a Hugging Face PEFT dir")
+    p.add_argument("adapter", help="a LoRA adapter.safetensors written by train/compare")
+    p.add_argument("--out", required=True, help="output directory (adapter_config.json + "
+                   "adapter_model.safetensors)")
+
+    p = sub.add_parser("import-peft", help="read a PEFT LoRA dir into a lora_jax adapter file")
+    p.add_argument("peft_dir", help="a PEFT LoRA directory (task_type SEQ_CLS)")
+    p.add_argument("--out", required=True, help="the adapter file to write (.safetensors)")
+    p.add_argument("--model", help="base model (default: the dir's base_model_name_or_path)")
+    p.add_argument("--task", type=task_name, help="GLUE task the head is for (else give "
+                   "--task to eval)")
+
     p = sub.add_parser("info", help="parameter and byte counts for a model and method")
     p.add_argument("--method", choices=METHODS, default="lora", help="what trains (default lora)")
     p.add_argument("--model", default=DEFAULT_MODEL,
@@ -180,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> int:
     cfg = train_config(args, args.method)
     out = Path(args.out or f"runs/{cfg.task}-{cfg.method}")
-    result = fit(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=not args.quiet)
+    result = fit(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=not args.quiet,
+                 mesh=args.mesh)
     print(json.dumps({"run_dir": str(out), "best": result.best, "final": result.final}))
     return 0
 
@@ -192,7 +223,8 @@ def cmd_compare(args) -> int:
         raise ValueError(f"--methods: unknown {bad or [args.methods]}; choose from {METHODS}")
     base = train_config(args, methods[0])
     out = Path(args.out or f"runs/compare-{base.task}")
-    report = compare(base, methods, out, data_dir=args.data_dir, progress=not args.quiet)
+    report = compare(base, methods, out, data_dir=args.data_dir, progress=not args.quiet,
+                     mesh=args.mesh)
     print(markdown_table(report))
     print(f"wrote {out}/compare.json, compare.md, compare.png")
     return 0
@@ -200,6 +232,8 @@ def cmd_compare(args) -> int:
 
 def cmd_eval(args) -> int:
     model, variables, meta, pre = restore(args.adapter, model=args.model)
+    if not (args.task or meta["task"]):
+        raise ValueError(f"{args.adapter} names no task (imported without --task); give --task")
     task = get_task(args.task or meta["task"])
     cfg = meta.get("train_config", {})
     tok = load_tokenizer(pre.path, max_length=cfg.get("max_length", 128))
@@ -229,6 +263,21 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_export_peft(args) -> int:
+    out = export_peft(args.adapter, args.out)
+    print(json.dumps({"out": str(out), "files": sorted(f.name for f in out.iterdir())}))
+    return 0
+
+
+def cmd_import_peft(args) -> int:
+    imported = import_peft(args.peft_dir, base=args.model)
+    out = save_imported(imported, args.out, task=args.task)
+    print(json.dumps({"out": str(out), "base": imported.base, "rank": imported.lora.rank,
+                      "alpha": imported.lora.alpha, "targets": list(imported.lora.targets),
+                      "task": args.task}))
+    return 0
+
+
 def cmd_info(args) -> int:
     cfg = model_config(args.model, args.num_labels)
     lora = LoRAConfig(rank=args.rank, alpha=args.alpha, targets=args.targets)
@@ -239,7 +288,7 @@ def cmd_info(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "merge": cmd_merge,
-            "info": cmd_info}
+            "info": cmd_info, "export-peft": cmd_export_peft, "import-peft": cmd_import_peft}
 
 
 def main(argv: list[str] | None = None) -> int:
