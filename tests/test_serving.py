@@ -68,3 +68,32 @@ def test_stacking_adapters_with_other_targets_is_refused():
 def test_bad_adapter_ids(ids, message):
     with pytest.raises(ValueError, match=message):
         check_ids(ids, n_adapters=3, batch_size=2)
+
+
+def test_load_stacked_adapter_files_route_rows_like_restore(tiny_base, tiny_glue, tmp_path):
+    from lora_jax.serving import load_stacked
+    from lora_jax.train import TrainConfig, fit, restore
+
+    paths = []
+    for task in ("sst2", "rte"):
+        cfg = TrainConfig(task=task, method="lora", model=str(tiny_base), epochs=1,
+                          batch_size=16, max_length=16, rank=4, learning_rate=1e-2)
+        fit(cfg, tmp_path / task, data_dir=tiny_glue, progress=False)
+        paths.append(tmp_path / task / "adapter.safetensors")
+    net, base, stacked, metas = load_stacked(paths)
+    assert [m["task"] for m in metas] == ["sst2", "rte"]
+    batch = make_batch(ModelConfig.tiny(vocab_size=29), batch=4, length=10)
+    batch = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    ids = check_ids([1, 0, 0, 1], 2, 4)
+    mixed = np.asarray(mixed_logits(net.apply, base, stacked, ids, batch))
+    for k, path in enumerate(paths):
+        model, variables, _, _ = restore(path)
+        alone = np.asarray(predict(model.apply, variables, batch))
+        np.testing.assert_allclose(mixed[np.asarray(ids) == k], alone[np.asarray(ids) == k],
+                                   atol=2e-5)
+
+    cfg = TrainConfig(task="sst2", method="bitfit", model=str(tiny_base), epochs=1,
+                      batch_size=16, max_length=16)
+    fit(cfg, tmp_path / "bitfit", data_dir=tiny_glue, progress=False)
+    with pytest.raises(ValueError, match="only LoRA adapters can be stacked"):
+        load_stacked([paths[0], tmp_path / "bitfit" / "adapter.safetensors"])
