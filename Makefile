@@ -16,7 +16,7 @@ export LORA_JAX_GLUE_DIR := $(abspath ../shared/data/glue)
 endif
 endif
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo slides clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,16 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/lora-jax compare $(DEMO_FLAGS)
+
+# make slides: slides/lora.html from slides/lora.md (Marp, pinned in slides/package.json; needs
+# npm), after refreshing the deck's generated tables from results/; a PDF too when Chromium is
+# installed (apt-get install chromium).
+slides: $(STAMP)
+	$(PY) slides/build.py
+	cd slides && npm ci --no-audit --no-fund --loglevel=error && npm run --silent html
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	    || command -v google-chrome >/dev/null; then cd slides && npm run --silent pdf; \
+	else echo "no Chromium found: built slides/lora.html only (apt-get install chromium for a PDF)"; fi
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,0 +1,239 @@
+"""Fill the generated blocks of ``slides/lora.md`` from the project's results.
+
+Every number of ours in the deck sits between ``<!-- generated:NAME -->`` and
+``<!-- /generated:NAME -->``; this script renders each block from ``results/`` (benchmark JSON)
+or from ``lora_jax`` itself (parameter counts from shapes), and rewrites only those blocks. The
+paper's numbers come from ``lora_jax.paper`` and are labelled as the paper's.
+
+    python slides/build.py            # rewrite the blocks in place
+    python slides/build.py --check    # exit 1 if any block is out of date (the test runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DECK = ROOT / "slides" / "lora.md"
+RESULTS = ROOT / "results"
+BLOCK = re.compile(r"(<!-- generated:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)"
+                   r"(<!-- /generated:(?P=name) -->)", re.S)
+GPT3 = {"layers": 96, "d_model": 12288, "params": 175e9}  # Brown et al. (2020), Table 2.1
+
+
+def _jsonl(name: str, kind: str) -> list[dict]:
+    path = RESULTS / name
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [r for r in rows if r["benchmark"] == kind]
+
+
+def _latest(rows: list[dict], key: Callable) -> dict:
+    out: dict = {}
+    for r in rows:
+        out[key(r)] = r
+    return out
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} KB"
+
+
+def _machine(r: dict) -> str:
+    m = r["machine"]
+    return f"{m['cpu']}, {m['cores']} cores, jax {m['jax']}, {r['time'][:10]}"
+
+
+def params() -> str:
+    """LoRA r = 8 on query,value (r = 4 for GPT-3, as in the paper) vs every weight."""
+    from lora_jax import LoRAConfig, ModelConfig
+    from lora_jax.pretrained import load_config
+    from lora_jax.report import parameter_report
+
+    lines = ["| model | all weights | LoRA trainable (no head) | formula 2·L·d·r | fewer |",
+             "|---|---|---|---|---|"]
+    for name, cfg in (("all-MiniLM-L6-v2", load_config("minilm", num_labels=2)),
+                      ("RoBERTa-base", ModelConfig.roberta_base(num_labels=2))):
+        lora = LoRAConfig(rank=8, alpha=16.0, targets=("query", "value"))
+        rep = parameter_report(cfg, "lora", lora)
+        formula = 2 * cfg.num_hidden_layers * 2 * cfg.hidden_size * 8  # q and v: A and B each
+        assert formula == rep["trainable_params_without_head"], (name, formula, rep)
+        lines.append(f"| {name} | {rep['total_params']:,} | "
+                     f"{rep['trainable_params_without_head']:,} | {formula:,} | "
+                     f"{rep['total_params'] / formula:,.0f}x |")
+    g = 2 * GPT3["layers"] * 2 * GPT3["d_model"] * 4
+    lines.append(f"| GPT-3 175B (r = 4) | 175B | {g:,} | {g:,} | {GPT3['params'] / g:,.0f}x |")
+    return "\n".join(lines) + ("\n\n*Counted from shapes with `jax.eval_shape` "
+                               "(`lora_jax.report.parameter_report`); GPT-3 by the formula.*")
+
+
+def _train_steps() -> tuple[dict, dict]:
+    rows = _latest(_jsonl("train_step.jsonl", "train_step"),
+                   lambda r: (r["config"]["seq"], r["config"]["method"]))
+    peak = _jsonl("train_step.jsonl", "matmul_peak")[-1]
+    return rows, peak
+
+
+def cost() -> str:
+    rows, peak = _train_steps()
+    t = 64
+    full = rows[(t, "full")]
+    lines = ["| method | trainable (no head) | optimizer state | step ms | / full | GFLOP/step |",
+             "|---|---|---|---|---|---|"]
+    for m in ("full", "lora", "bitfit", "adapter", "head"):
+        r = rows[(t, m)]
+        lines.append(f"| {m} | {r['trainable_params_without_head']:,} | "
+                     f"{_mb(r['optimizer_state_bytes'])} | {r['step_ms_median']:.0f} | "
+                     f"{r['step_ms_median'] / full['step_ms_median']:.2f} | "
+                     f"{r['flops'] / 1e9:.0f} |")
+    return "\n".join(lines) + (f"\n\n*Batch 32, T = {t}, MiniLM; methods interleaved, medians; "
+                               f"`python benchmarks/train_step.py`; {_machine(full)}.*")
+
+
+def cost_facts() -> str:
+    rows, peak = _train_steps()
+    lora, full = rows[(64, "lora")], rows[(64, "full")]
+    return (f"- optimizer state: **{_mb(lora['optimizer_state_bytes'])}** vs "
+            f"{_mb(full['optimizer_state_bytes'])} "
+            f"({100 * lora['optimizer_state_bytes'] / full['optimizer_state_bytes']:.2f} %)\n"
+            f"- XLA FLOPs of a step: {lora['flops'] / full['flops']:.2f} of full; measured time: "
+            f"{lora['step_ms_median'] / full['step_ms_median']:.2f} of full\n"
+            f"- achieved: {100 * lora['fraction_of_matmul_peak']:.0f} % of this CPU's matmul "
+            f"peak ({peak['gflops']:.0f} GFLOP/s)")
+
+
+def peer() -> str:
+    rows = _latest(_jsonl("peer.jsonl", "peer"), lambda r: r["config"]["seq"])
+    lines = ["| T | LoRA: ours / PEFT | full: ours / PEFT | LoRA / full, ours "
+             "| LoRA / full, PEFT |",
+             "|---|---|---|---|---|"]
+    for t in sorted(rows):
+        r = rows[t]
+        lines.append(f"| {t} | {r['jax_over_peft_lora']:.2f} | {r['jax_over_peft_full']:.2f} | "
+                     f"{r['lora_over_full_jax']:.2f} | {r['lora_over_full_peft']:.2f} |")
+    last = rows[max(rows)]
+    return "\n".join(lines) + ("\n\n*Train-step time ratios, batch 32, MiniLM, interleaved "
+                               "with PyTorch + PEFT (eager) in one run; "
+                               f"`python benchmarks/peer.py`; {_machine(last)}.*")
+
+
+def latency() -> str:
+    rows = _latest(_jsonl("latency.jsonl", "latency"),
+                   lambda r: (r["config"]["batch"], r["config"]["seq"], r["config"]["variant"]))
+    shapes = sorted({(b, t) for b, t, _ in rows})
+    lines = ["| batch | T | base ms | merged LoRA | unmerged LoRA | adapters |",
+             "|---|---|---|---|---|---|"]
+    for b, t in shapes:
+        pct = [f"{rows[(b, t, v)]['pct_over_base']:+.1f} %"
+               for v in ("lora_merged", "lora_unmerged", "adapter")]
+        lines.append(f"| {b} | {t} | {rows[(b, t, 'base')]['ms_median']:.1f} | "
+                     + " | ".join(pct) + " |")
+    last = list(rows.values())[-1]
+    return "\n".join(lines) + ("\n\n*Forward latency over the base model, medians of interleaved "
+                               f"rounds; `python benchmarks/latency.py`; {_machine(last)}.*")
+
+
+def _glue() -> dict:
+    return json.loads((RESULTS / "glue.json").read_text())
+
+
+def glue() -> str:
+    from lora_jax.data import get_task
+
+    g = _glue()
+    cells, methods = g["results"], g["config"]["methods"]
+    tasks = list(cells)
+    lines = ["| method | trainable | " + " | ".join(get_task(t).folder for t in tasks)
+             + " | avg |", "|" + "---|" * (len(tasks) + 3)]
+    for m in methods:
+        scores = [100 * cells[t][m]["median"] for t in tasks]
+        lines.append(f"| {m} | {cells[tasks[0]][m]['trainable_params']:,} | "
+                     + " | ".join(f"{s:.1f}" for s in scores)
+                     + f" | {statistics.mean(scores):.1f} |")
+    seeds = len(g["config"]["seeds"])
+    return "\n".join(lines) + (f"\n\n*all-MiniLM-L6-v2, GLUE dev x100 (MCC for CoLA, Pearson "
+                               f"for STS-B), {g['config']['epochs']} epochs, median of {seeds} "
+                               f"seed(s); `python benchmarks/glue.py`; {_machine(g)}.*")
+
+
+def glue_facts() -> str:
+    g = _glue()
+    cells = g["results"]
+    gaps = [100 * (cells[t]["lora"]["median"] - cells[t]["full"]["median"]) for t in cells]
+    share = cells[next(iter(cells))]["lora"]
+    return (f"- LoRA trains {100 * share['trainable_params'] / share['total_params']:.2f} % of "
+            f"the model (head included)\n- LoRA - full fine-tuning, averaged over "
+            f"{len(gaps)} tasks: **{statistics.mean(gaps):+.1f} points**")
+
+
+def paper_table2() -> str:
+    from lora_jax.data import get_task
+    from lora_jax.paper import PAPER, TABLE2_ROBERTA_BASE, TABLE2_TASKS
+
+    lines = ["| RoBERTa-base | trainable | " + " | ".join(get_task(t).folder
+                                                        for t in TABLE2_TASKS) + " | avg |",
+             "|" + "---|" * (len(TABLE2_TASKS) + 3)]
+    for m, (n, scores, avg) in TABLE2_ROBERTA_BASE.items():
+        lines.append(f"| {m} | {n} | " + " | ".join(f"{scores[t]:.1f}" for t in TABLE2_TASKS)
+                     + f" | {avg:.1f} |")
+    return "\n".join(lines) + f"\n\n*The paper's numbers: {PAPER}, Table 2 (GLUE dev).*"
+
+
+def storage() -> str:
+    report = json.loads((RESULTS / "glue" / "mrpc-seed0.json").read_text())
+    size = {r["method"]: r["checkpoint_bytes"] for r in report["rows"]}
+    lines = ["| tasks | N full copies | one base + N LoRA files |", "|---|---|---|"]
+    for n in (1, 10, 100):
+        lines.append(f"| {n} | {_mb(n * size['full'])} | "
+                     f"{_mb(size['full'] + n * size['lora'])} |")
+    return "\n".join(lines) + (f"\n\n*Measured file sizes (safetensors): a full MiniLM copy "
+                               f"{_mb(size['full'])}, a LoRA adapter with its head "
+                               f"{_mb(size['lora'])}.*")
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "params": params, "cost": cost, "cost_facts": cost_facts, "peer": peer,
+    "latency": latency, "glue": glue, "glue_facts": glue_facts, "paper_table2": paper_table2,
+    "storage": storage,
+}
+
+
+def render(text: str) -> str:
+    """``text`` with every generated block re-rendered; an unknown block name is an error."""
+    def fill(m: re.Match) -> str:
+        name = m["name"]
+        if name not in BLOCKS:
+            raise KeyError(f"{DECK.name}: unknown generated block {name!r}; "
+                           f"known: {sorted(BLOCKS)}")
+        return f"{m.group(1)}{BLOCKS[name]().rstrip()}\n{m.group(4)}"
+    return BLOCK.sub(fill, text)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--check", action="store_true", help="only report blocks out of date")
+    args = p.parse_args()
+    text = DECK.read_text(encoding="utf-8")
+    new = render(text)
+    if args.check:
+        stale = [m["name"] for m, n in zip(BLOCK.finditer(text), BLOCK.finditer(new),
+                                           strict=True) if m["body"] != n["body"]]
+        if stale:
+            print(f"out of date: {', '.join(stale)} (run python slides/build.py)")
+            return 1
+        return 0
+    if new != text:
+        tmp = DECK.with_suffix(".md.tmp")
+        tmp.write_text(new, encoding="utf-8")
+        tmp.replace(DECK)
+    print(f"{DECK.relative_to(ROOT)}: {len(BLOCK.findall(new))} generated blocks")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
