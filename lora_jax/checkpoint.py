@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from lora_jax.files import atomic_write
-from lora_jax.optim import flatten, split, unflatten
+from lora_jax.optim import METHODS, flatten, split, unflatten
 
 FORMAT = "lora_jax/1"
 META_KEY = "lora_jax"
@@ -51,17 +51,18 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
         with safe_open(str(path), framework="numpy") as f:  # one read: tensors and metadata
             raw = (f.metadata() or {}).get(META_KEY)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        # TypeError: a dtype numpy lacks (bfloat16); the rest: truncated or foreign bytes
         raise CheckpointFileError(f"{path}: not a readable safetensors file ({e})") from None
     if raw is None:
         raise CheckpointFileError(f"{path}: no '{META_KEY}' metadata; not a lora_jax file")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise CheckpointFileError(f"{path}: metadata is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointFileError(f"{path}: unknown format {meta.get('format')!r} "
-                                  f"(expected {FORMAT!r})")
+    found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+    if found != FORMAT:
+        raise CheckpointFileError(f"{path}: unknown format {found!r} (expected {FORMAT!r})")
     return tensors, meta
 
 
@@ -78,11 +79,28 @@ def save_adapter(path: str | os.PathLike, variables: dict, method: str, meta: di
 
 
 def read_adapter(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-    """The raw (flat path -> array) tensors and the metadata of an adapter file."""
+    """The raw (flat path -> array) tensors and the metadata of an adapter file, with the
+    metadata's fields checked (each problem names the file and the field)."""
     tensors, meta = _read(path)
     for field in ("method", "base_fingerprint", "task"):
         if field not in meta:
             raise CheckpointFileError(f"{path}: metadata lacks {field!r}")
+    if meta["method"] not in METHODS:
+        raise CheckpointFileError(f"{path}: metadata field 'method' is {meta['method']!r}, "
+                                  f"not one of {METHODS}")
+    if not isinstance(meta["base_fingerprint"], str):
+        raise CheckpointFileError(f"{path}: metadata field 'base_fingerprint' is "
+                                  f"{meta['base_fingerprint']!r}, not a string")
+    if meta["task"] is not None and not isinstance(meta["task"], str):
+        raise CheckpointFileError(f"{path}: metadata field 'task' is {meta['task']!r}, "
+                                  "not a task name")
+    for field, kind in (("train_config", dict), ("model_config", dict), ("labels", list),
+                        ("base_model", str)):
+        if meta.get(field) is not None and not isinstance(meta[field], kind):
+            raise CheckpointFileError(f"{path}: metadata field {field!r} is "
+                                      f"{type(meta[field]).__name__}, expected {kind.__name__}")
+    if not all(isinstance(x, str) for x in meta.get("labels") or []):
+        raise CheckpointFileError(f"{path}: metadata field 'labels' must list strings")
     return tensors, meta
 
 
@@ -113,6 +131,8 @@ def apply_adapter(path: str | os.PathLike, base_variables: dict, fingerprint: st
         if tuple(got.shape) != tuple(want.shape) or got.dtype != np.dtype(want.dtype):
             raise CheckpointFileError(f"{path}: tensor {key} is {got.dtype}{tuple(got.shape)}, "
                                       f"expected {np.dtype(want.dtype)}{tuple(want.shape)}")
+        if not np.all(np.isfinite(got)):  # a NaN adapter would silently give NaN logits
+            raise CheckpointFileError(f"{path}: tensor {key} holds NaN or infinite values")
     flat = flatten(base_variables)
     flat.update({k: jnp.asarray(v) for k, v in tensors.items()})
     return unflatten(flat), meta
@@ -140,6 +160,14 @@ def load_state(path: str | os.PathLike, state: Any, meta: dict) -> tuple[Any, di
     differing fields are named otherwise. Returns (state, position).
     """
     tensors, saved = _read(path)
+    position = saved.get("position")
+    if not (isinstance(position, dict) and all(
+            isinstance(position.get(k), int) and position[k] >= 0 for k in ("epoch", "batch"))):
+        raise CheckpointFileError(f"{path}: metadata field 'position' is {position!r}, "
+                                  "expected {'epoch': int, 'batch': int}")
+    for key in ("step", "rng"):
+        if key not in tensors:
+            raise CheckpointFileError(f"{path}: no {key!r} tensor; not a training state")
     diffs = [k for k in meta if saved.get(k) != meta[k]]
     if diffs:
         detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {meta[k]!r}" for k in diffs)
@@ -158,13 +186,26 @@ def load_state(path: str | os.PathLike, state: Any, meta: dict) -> tuple[Any, di
         raise CheckpointFileError(f"{path}: optimizer state has {len(opt_keys)} arrays, "
                                   f"expected {len(leaves)}")
     opt = [_fit(tensors[k], leaf, path, k) for k, leaf in zip(opt_keys, leaves, strict=True)]
+    rng_data = jax.random.key_data(state.rng)
     restored = state.replace(
         step=_fit(tensors["step"], state.step, path, "step"),
         variables=unflatten(flat),
         opt_state=jax.tree.unflatten(treedef, opt),
-        rng=jax.random.wrap_key_data(jnp.asarray(tensors["rng"])),
+        rng=jax.random.wrap_key_data(_fit(tensors["rng"], rng_data, path, "rng")),
     )
-    return restored, saved["position"]
+    return restored, position
+
+
+def state_nbytes(state: Any, meta: dict) -> int:
+    """The bytes ``save_state(path, state, position, meta)`` writes, from above (the tensors
+    exactly, the header generously). Known as soon as the state exists, so a run can check its
+    disk before training."""
+    trainable, _ = split(state.variables, state.method)
+    arrays = [*jax.tree.leaves(trainable), *jax.tree.leaves(state.opt_state), state.step,
+              jax.random.key_data(state.rng)]
+    data = sum(int(np.prod(np.shape(a))) * np.dtype(a.dtype).itemsize for a in arrays)
+    header = 128 * len(arrays) + len(json.dumps(meta)) + 1024  # names, offsets, metadata
+    return data + header
 
 
 def _fit(value: np.ndarray, like: Any, path: Path, key: str) -> jax.Array:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import shlex
 import sys
 from pathlib import Path
 
 from lora_jax.checkpoint import CheckpointFileError
 from lora_jax.compare import compare, markdown_table
 from lora_jax.data import (
+    SOURCES,
     TASKS,
     Batcher,
     GlueDataError,
@@ -28,6 +31,7 @@ from lora_jax.data import (
     load_split,
     read_tsv,
 )
+from lora_jax.files import RunDirError
 from lora_jax.lora import LoRAConfig, merge
 from lora_jax.models import COMPUTE_DTYPES, LORA_TARGETS, TARGET_PRESETS, ModelConfig
 from lora_jax.optim import METHODS
@@ -41,7 +45,15 @@ from lora_jax.pretrained import (
     save_pretrained,
 )
 from lora_jax.report import parameter_report
-from lora_jax.train import TrainConfig, evaluate, fit, restore
+from lora_jax.train import (
+    TrainConfig,
+    TrainingDiverged,
+    TrainingInterrupted,
+    check_rank,
+    evaluate,
+    fit,
+    restore,
+)
 
 SHAPES = {  # model shapes by name, for counts without a checkpoint
     "roberta-base": ModelConfig.roberta_base,
@@ -71,12 +83,64 @@ def parse_targets(text: str) -> tuple[str, ...]:
 
 
 def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    v = _int(text)
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def length(text: str) -> int:
+    """A token length: [CLS], a token and [SEP] need at least 4 (and the model's positions cap
+    it, checked once the model is known)."""
+    v = _int(text)
+    if v < 4:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 4, got {v}")
+    return v
+
+
+def seed(text: str) -> int:
+    v = _int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = _float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return v
+
+
+def nonnegative_float(text: str) -> float:
+    v = _float(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return v
+
+
+def probability(text: str) -> float:
+    v = _float(text)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return v
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _float(text: str) -> float:
+    """A finite float: ``nan`` and ``inf`` parse as floats but are never a sensible setting."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return v
 
 
@@ -94,12 +158,14 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_lora_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank r (default 8)")
-    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha; scale = alpha/r "
-                   "(default 16)")
+    p.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r (default 8; at "
+                   "most the smallest targeted layer's width)")
+    p.add_argument("--alpha", type=positive_float, default=16.0, help="LoRA alpha; scale = "
+                   "alpha/r (default 16)")
     p.add_argument("--targets", type=parse_targets, default=TARGET_PRESETS["qv"],
                    help="layers to adapt: qv, attention, all, or e.g. query,value (default qv)")
-    p.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA path")
+    p.add_argument("--lora-dropout", type=probability, default=0.0,
+                   help="dropout on the LoRA path, in [0, 1)")
     p.add_argument("--adapter-size", type=positive_int, default=64,
                    help="bottleneck size of the Houlsby adapters (method adapter; default 64)")
 
@@ -111,21 +177,23 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     add_lora_flags(p)
     p.add_argument("--data-dir", help="GLUE directory (<dir>/<TASK>/{train,dev}.tsv); default: "
                    "$LORA_JAX_GLUE_DIR, else the official archives, downloaded once")
-    p.add_argument("--source", choices=("tsv", "tfds"), default="tsv",
+    p.add_argument("--source", choices=SOURCES, default="tsv",
                    help="read TSV files (default) or tensorflow-datasets")
     p.add_argument("--epochs", type=positive_int, default=3, help="epochs (default 3)")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many steps")
     p.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: per method, "
-                   "full 5e-5, lora 1e-3, bitfit 2e-3, head 2e-3, adapter 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decay (default 0.01)")
-    p.add_argument("--max-grad-norm", type=float, help="clip the gradient's global norm")
-    p.add_argument("--max-length", type=positive_int, default=128,
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default: per "
+                   "method, full 5e-5, lora 1e-3, bitfit 2e-3, head 2e-3, adapter 1e-3)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.01,
+                   help="AdamW decay (default 0.01)")
+    p.add_argument("--max-grad-norm", type=positive_float,
+                   help="clip the gradient's global norm (trainable leaves) to this")
+    p.add_argument("--max-length", type=length, default=128,
                    help="truncate examples to this many tokens (default 128)")
     p.add_argument("--train-limit", type=positive_int,
                    help="train on a seeded subsample of this many examples")
     p.add_argument("--eval-limit", type=positive_int, help="evaluate on a subsample")
-    p.add_argument("--seed", type=int, default=0, help="seed for data order, init, dropout")
+    p.add_argument("--seed", type=seed, default=0, help="seed for data order, init, dropout")
     p.add_argument("--save-every", type=positive_int,
                    help="also save a resumable state every N steps (always after each epoch)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -140,8 +208,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 def mesh_spec(text: str) -> str:
     try:
         parse_mesh(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    except ValueError as e:  # argparse already names the flag
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--mesh: ")) from None
     return text
 
 
@@ -235,8 +303,9 @@ def cmd_eval(args) -> int:
     if not (args.task or meta["task"]):
         raise ValueError(f"{args.adapter} names no task (imported without --task); give --task")
     task = get_task(args.task or meta["task"])
-    cfg = meta.get("train_config", {})
-    tok = load_tokenizer(pre.path, max_length=cfg.get("max_length", 128))
+    cfg = meta.get("train_config") or {}
+    positions = pre.config.max_position_embeddings - pre.config.position_offset
+    tok = load_tokenizer(pre.path, max_length=min(cfg.get("max_length", 128), positions))
     examples = (read_tsv(args.file, task) if args.file
                 else load_split(task, "dev", data_dir=args.data_dir))
     enc = encode(tok, examples)
@@ -281,6 +350,7 @@ def cmd_import_peft(args) -> int:
 def cmd_info(args) -> int:
     cfg = model_config(args.model, args.num_labels)
     lora = LoRAConfig(rank=args.rank, alpha=args.alpha, targets=args.targets)
+    check_rank(lora if args.method == "lora" else None, cfg, args.model)
     report = parameter_report(cfg, args.method, lora if args.method == "lora" else None,
                               adapter_size=args.adapter_size)
     print(json.dumps(report, indent=2))
@@ -291,16 +361,48 @@ COMMANDS = {"train": cmd_train, "compare": cmd_compare, "eval": cmd_eval, "merge
             "info": cmd_info, "export-peft": cmd_export_peft, "import-peft": cmd_import_peft}
 
 
+def resume_command(argv: list[str], command: str, run_dir: Path) -> str:
+    """The command line that continues an interrupted run: the same flags plus ``--resume``
+    (for ``compare``: ``train`` on the method's run directory)."""
+    if command == "train":
+        return shlex.join(["lora-jax", *argv, *([] if "--resume" in argv else ["--resume"])])
+    kept, skip = [], False
+    for a in argv[1:]:  # drop compare's --methods and --out, with their values
+        if skip:
+            skip = False
+        elif a in ("--methods", "--out"):
+            skip = True
+        elif not a.startswith(("--methods=", "--out=")):
+            kept.append(a)
+    return shlex.join(["lora-jax", "train", "--method", run_dir.name, "--out", str(run_dir),
+                       *kept, "--resume"])
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done; 2 bad flags or input files (argparse's code too),
+    with a message naming the flag or file; 1 training diverged or an I/O error mid-run;
+    130 / 143 interrupted by SIGINT / SIGTERM, with the state saved and a resume command."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    name = f"lora-jax {args.command}"
     try:
         return COMMANDS[args.command](args)
+    except TrainingInterrupted as e:
+        hint = resume_command(argv, args.command, e.state_file.parent)
+        print(f"{name}: {e}; resume with: {hint}", file=sys.stderr)
+        return e.exit_code
+    except TrainingDiverged as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, GlueDataError, CheckpointError,
-            CheckpointFileError) as e:
-        print(f"lora-jax {args.command}: error: {e}", file=sys.stderr)
+            CheckpointFileError, RunDirError) as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a disk that fills up mid-run, a file that vanished: no traceback
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"lora-jax {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import urllib.error
 import urllib.request
@@ -37,6 +38,9 @@ from lora_jax.pretrained import TextTokenizer, pad_batch
 ENV_DATA_DIR = "LORA_JAX_GLUE_DIR"
 ENV_CACHE = "LORA_JAX_CACHE"
 SOURCES = ("tsv", "tfds")
+# Longest GLUE line is under 2,000 characters; a line 50x longer is a file with the wrong line
+# endings (a lone \r), a binary file, or a concatenation gone wrong, not a sentence.
+MAX_LINE_CHARS = 100_000
 
 
 class GlueDataError(ValueError):
@@ -125,20 +129,28 @@ class Examples:
 
 
 def read_tsv(path: str | os.PathLike, task: Task) -> Examples:
-    """Read one GLUE TSV file, quoting off. Every problem names the file and the line."""
+    """Read one GLUE TSV file, quoting off. Every problem names the file and the line: wrong
+    column counts, labels outside the task's set (or scores that are not finite numbers), empty
+    lines, bytes that are not UTF-8, lines longer than ``MAX_LINE_CHARS``, no rows at all."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise GlueDataError(f"{path}: cannot read ({e.strerror})") from None
+    body = raw.removeprefix(b"\xef\xbb\xbf")  # MRPC's files start with a UTF-8 BOM
     try:
-        text = raw.decode("utf-8-sig")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
+        line = body[: e.start].count(b"\n") + 1
         raise GlueDataError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # final newline (CoLA's dev file has none)
+    for n, line in enumerate(lines, start=1):
+        if len(line) > MAX_LINE_CHARS:
+            raise GlueDataError(f"{path}:{n}: line of {len(line):,} characters (limit "
+                                f"{MAX_LINE_CHARS:,}); is this a tab-separated text file with "
+                                "\\n line endings?")
     first = 0
     cols = {}
     if task.header:
@@ -147,7 +159,8 @@ def read_tsv(path: str | os.PathLike, task: Task) -> Examples:
         header = lines[0].rstrip("\r").split("\t")
         for c in (task.text_a, task.text_b, task.label):
             if c is not None and c not in header:
-                raise GlueDataError(f"{path}:1: header has no column {c!r} (found {header})")
+                found = str(header) if len(str(header)) <= 200 else f"{str(header)[:200]}..."
+                raise GlueDataError(f"{path}:1: header has no column {c!r} (found {found})")
         cols = {c: header.index(c) for c in (task.text_a, task.text_b, task.label) if c}
         first = 1
     ia = cols.get(task.text_a, task.text_a)
@@ -168,9 +181,12 @@ def read_tsv(path: str | os.PathLike, task: Task) -> Examples:
         value = row[il].strip()
         if label_ids is None:
             try:
-                labels.append(float(value))
+                score = float(value)
             except ValueError:
                 raise GlueDataError(f"{path}:{n}: score {value!r} is not a number") from None
+            if not math.isfinite(score):
+                raise GlueDataError(f"{path}:{n}: score {value!r} is not a finite number")
+            labels.append(score)
         elif value in label_ids:
             labels.append(label_ids[value])
         else:
@@ -178,6 +194,8 @@ def read_tsv(path: str | os.PathLike, task: Task) -> Examples:
         text_a.append(row[ia])
         if ib is not None:
             text_b.append(row[ib])
+    if not text_a:
+        raise GlueDataError(f"{path}: no examples" + (" after the header" if task.header else ""))
     dtype = np.float32 if label_ids is None else np.int32
     return Examples(text_a, text_b if task.text_b is not None else None,
                     np.asarray(labels, dtype), str(path))

@@ -98,11 +98,20 @@ def load_config(name_or_path: str | os.PathLike = DEFAULT_MODEL, *,
     cfg_file = resolve_model_dir(name_or_path) / "config.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"{cfg_file.parent}: missing config.json")
+    return config_from_hf(_read_json(cfg_file), num_labels=num_labels, source=str(cfg_file))
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; anything else (bad bytes, bad JSON, a list) names the file."""
     try:
-        hf = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
-    return config_from_hf(hf, num_labels=num_labels, source=str(cfg_file))
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def config_from_hf(hf: dict, *, num_labels: int | None = None, source: str = "config.json"
@@ -122,6 +131,10 @@ def config_from_hf(hf: dict, *, num_labels: int | None = None, source: str = "co
     missing = [f for f in CONFIG_FIELDS if f not in hf and f != "pad_token_id"]
     if missing:
         raise CheckpointError(f"{source}: missing field(s) {missing}")
+    for f in ("layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob"):
+        v = hf[f]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
+            raise CheckpointError(f"{source}: field {f!r} is {v!r}, expected a number >= 0")
     kw = {f: hf[f] for f in CONFIG_FIELDS if f in hf}
     if num_labels is None:
         num_labels = len(hf["id2label"]) if "id2label" in hf else hf.get("num_labels", 2)
@@ -211,6 +224,9 @@ def load_pretrained(
         if path not in expected:
             unknown.append(key)
             continue
+        if value.dtype.kind != "f":  # an int or bool tensor here is not a weight; casting hides it
+            raise CheckpointError(f"{weights_file}: tensor {key} has dtype {value.dtype}, "
+                                  "expected floating point")
         value = value.T if transpose and value.ndim == 2 else value
         if value.shape != expected[path]:
             mismatched.append(f"{key}: checkpoint {tuple(value.shape)}"
@@ -348,7 +364,15 @@ def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, max_lengt
     pad_id = (tok.padding or {}).get("pad_id", 0)
     cfg_file = model_dir / "config.json"
     if cfg_file.is_file():
-        pad_id = json.loads(cfg_file.read_text(encoding="utf-8")).get("pad_token_id", pad_id)
+        hf = _read_json(cfg_file)
+        pad_id = hf.get("pad_token_id", pad_id)
+        vocab = hf.get("vocab_size")
+        if isinstance(vocab, int) and tok.get_vocab_size(with_added_tokens=True) > vocab:
+            # ids past the embedding table would be clamped silently by XLA's gather
+            raise CheckpointError(
+                f"{path}: the tokenizer has {tok.get_vocab_size(with_added_tokens=True):,} "
+                f"tokens but {cfg_file} says vocab_size {vocab:,}; the two files come from "
+                "different models")
     tok.no_padding()
     tok.enable_truncation(max_length, strategy="longest_first")
     return TextTokenizer(tok, max_length, int(pad_id))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -26,19 +28,47 @@ import numpy as np
 import optax
 from tqdm import tqdm  # plain text bars: no ipywidgets needed in notebooks
 
-from lora_jax.checkpoint import apply_adapter, load_state, read_adapter, save_adapter, save_state
-from lora_jax.data import Batcher, Task, choose_buckets, encode, get_task, load_split
-from lora_jax.files import atomic_write
+from lora_jax.checkpoint import (
+    CheckpointFileError,
+    apply_adapter,
+    load_state,
+    read_adapter,
+    save_adapter,
+    save_state,
+    state_nbytes,
+)
+from lora_jax.data import (
+    SOURCES,
+    Batcher,
+    GlueDataError,
+    Task,
+    choose_buckets,
+    encode,
+    get_task,
+    load_split,
+    resolve_data_dir,
+)
+from lora_jax.files import atomic_write, check_space, check_writable, remove_stale_temps
 from lora_jax.lora import LORA, LoRAConfig
 from lora_jax.metrics import compute
 from lora_jax.models import (
     ADAPTERS,
     COMPUTE_DTYPES,
+    ModelConfig,
     SequenceClassifier,
     check_targets,
     start_head_at,
 )
-from lora_jax.optim import FROZEN, METHODS, TRAINABLE, make_optimizer, trainable_labels
+from lora_jax.optim import (
+    FROZEN,
+    METHODS,
+    TRAINABLE,
+    flatten,
+    make_optimizer,
+    split,
+    trainable_labels,
+    tree_bytes,
+)
 from lora_jax.parallel import make_mesh, shard_batch, shard_state, sharded_train_step
 from lora_jax.pretrained import Pretrained, load_pretrained, load_tokenizer
 
@@ -184,8 +214,21 @@ class TrainConfig:
     dtype: str = "float32"  # compute dtype; "bfloat16" for GPU/TPU (params stay float32)
 
     def __post_init__(self) -> None:
+        """Every field checked here, each error naming it, so a bad run fails before it loads
+        anything (the model-dependent ones, rank and max_length, are in ``check_model_fit``)."""
+        try:
+            get_task(self.task if isinstance(self.task, str) else repr(self.task))
+        except GlueDataError as e:
+            raise ValueError(f"task: {e}") from None
         if self.method not in METHODS:
             raise ValueError(f"method: unknown {self.method!r}; choose one of {METHODS}")
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must name a checkpoint or directory, got {self.model!r}")
+        for f in ("epochs", "batch_size", "eval_batch_size", "adapter_size", "max_length",
+                  "max_steps", "train_limit", "eval_limit", "save_every", "seed"):
+            v = getattr(self, f)
+            if v is not None and not _is_int(v):
+                raise ValueError(f"{f} must be an integer, got {v!r}")
         for f in ("epochs", "batch_size", "eval_batch_size", "adapter_size", "max_length"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
@@ -193,13 +236,26 @@ class TrainConfig:
             v = getattr(self, f)
             if v is not None and v <= 0:
                 raise ValueError(f"{f} must be positive, got {v}")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.max_length < 4:
+            raise ValueError(f"max_length must be at least 4 ([CLS] a [SEP]...), "
+                             f"got {self.max_length}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        for f in ("learning_rate", "max_grad_norm", "alpha"):
+            v = getattr(self, f)
+            if v is not None and not (_is_finite(v) and v > 0):
+                raise ValueError(f"{f} must be a positive number, got {v!r}")
+        if not (_is_finite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if self.dtype not in COMPUTE_DTYPES:
             raise ValueError(f"dtype: unknown {self.dtype!r}; choose one of "
                              f"{tuple(COMPUTE_DTYPES)}")
-        if not 0 <= self.warmup_ratio < 1:
+        if self.source not in SOURCES:
+            raise ValueError(f"source: unknown {self.source!r}; choose one of {SOURCES}")
+        if not _is_finite(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if isinstance(self.targets, str):
+            raise ValueError(f"targets must be a tuple of layer names, got {self.targets!r}")
         object.__setattr__(self, "targets", tuple(self.targets))
         check_targets(LoRAConfig(rank=self.rank, alpha=self.alpha, targets=self.targets,
                                  dropout=self.lora_dropout))  # names the bad field
@@ -222,11 +278,102 @@ class TrainConfig:
         return cls(**{**d, "targets": tuple(d.get("targets", ("query", "value")))})
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _is_finite(v: Any) -> bool:
+    real = isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+    return real and math.isfinite(v)
+
+
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message gives the step."""
+    """The loss, the gradient or a trainable weight became NaN or infinite; the message gives the
+    step and where the last good state is (the bad state is never saved over it)."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped ``fit`` after the step in flight; that step's state is saved,
+    and ``resume=True`` (``--resume``) continues with the losses of an uninterrupted run."""
+
+    def __init__(self, signum: int, step: int, state_file: Path):
+        self.signum, self.step, self.state_file = signum, step, state_file
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; "
+                         f"saved {state_file}")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 130 for SIGINT, 143 TERM."""
+        return 128 + self.signum
+
+
+class _StopOnSignal:
+    """While active, SIGINT and SIGTERM only record the signal: the loop finishes the step in
+    flight, saves, and raises ``TrainingInterrupted``. A second signal interrupts at once
+    (``KeyboardInterrupt``; atomic writes keep the files whole). The previous handlers come back
+    on exit. Only the main thread may own handlers; elsewhere this does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        self._previous = {}
+
+
+def target_dims(model: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(d_in, d_out) of the dense layer behind each LoRA target (``models.LORA_TARGETS``)."""
+    d, ff = model.hidden_size, model.intermediate_size
+    return {"query": (d, d), "key": (d, d), "value": (d, d), "attention_output": (d, d),
+            "intermediate": (d, ff), "output": (ff, d)}
+
+
+def check_rank(lora: LoRAConfig | None, model: ModelConfig, name: str = "the model") -> None:
+    """LoRA's update ``A @ B`` has rank at most ``min(d_in, d_out)`` of its layer: a larger
+    rank only adds parameters. Checked from the config's shapes, before anything is built."""
+    if lora is None:
+        return
+    dims = target_dims(model)
+    for target in lora.targets:
+        d_in, d_out = dims.get(target, (lora.rank, lora.rank))
+        if lora.rank > min(d_in, d_out):
+            largest = min(min(dims[t]) for t in lora.targets if t in dims)
+            raise ValueError(f"--rank {lora.rank} is larger than the {target} layer of {name} "
+                             f"allows: it maps {d_in} -> {d_out} features, so its update has "
+                             f"rank at most {min(d_in, d_out)}; use --rank <= {largest}")
+
+
+def check_model_fit(cfg: TrainConfig, model: ModelConfig, name: str = "the model") -> None:
+    """The config's model-dependent limits, from shapes alone (before any data is read): the
+    rank (``check_rank``), and examples no longer than the model's position table (XLA would
+    clamp the positions silently)."""
+    check_rank(cfg.lora_config(), model, name)
+    positions = model.max_position_embeddings - model.position_offset
+    if cfg.max_length > positions:
+        raise ValueError(f"--max-length {cfg.max_length} is longer than the {positions} "
+                         f"positions of {name}; use --max-length <= {positions}")
 
 
 def build_model(pre: Pretrained, cfg: TrainConfig) -> SequenceClassifier:
+    """The network ``cfg`` trains on ``pre``'s weights; ``cfg``'s rank is checked against the
+    checkpoint's layer widths here (``check_rank``)."""
+    check_rank(cfg.lora_config(), pre.config, pre.name)
     return SequenceClassifier(pre.config.replace(dtype=cfg.dtype), cfg.lora_config(),
                               cfg.adapter_size if cfg.method == "adapter" else None)
 
@@ -301,32 +448,41 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
     interruption would. ``mesh`` (``"data=N[,model=M]"``, default: every local device on
     ``data``) places the run on a device mesh (``lora_jax.parallel``); it is placement only, so
     a run may resume on another mesh.
+
+    What can go wrong is checked before the first step: the config, the run directory (writable,
+    with room for two states and the adapter), the data files, the model's shapes. During
+    training, SIGINT or SIGTERM saves the state after the step in flight and raises
+    ``TrainingInterrupted``; a NaN or infinite loss, gradient or weight raises
+    ``TrainingDiverged`` without saving that state. Every file is written atomically, so a
+    process killed at any moment leaves the previous or the new state, never a broken one.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = check_writable(run_dir)  # an unwritable --out fails now, not at the first save
+    remove_stale_temps(run_dir)  # what a killed run's atomic writes left behind
     state_file = run_dir / "state.safetensors"
     if resume and not state_file.is_file():
         raise FileNotFoundError(f"--resume: no {state_file} to resume from")
-    atomic_write(run_dir / "config.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_json(), indent=2) + "\n"))
 
     device_mesh = make_mesh(mesh)  # a bad --mesh fails here, before any data is read
     if cfg.batch_size % device_mesh.shape["data"]:
         raise ValueError(f"batch_size {cfg.batch_size} does not split over the mesh's data axis "
                          f"of size {device_mesh.shape['data']}; use a multiple of it")
     task = get_task(cfg.task)
+    if cfg.source == "tsv":
+        resolve_data_dir(data_dir, task)  # a --data-dir without the task's files fails now
     pre = pretrained or load_pretrained(cfg.model, num_labels=task.num_labels, seed=cfg.seed)
     if pre.config.num_labels != task.num_labels:
         raise ValueError(f"model head has {pre.config.num_labels} outputs, task {task.name} "
                          f"needs {task.num_labels}")
+    check_model_fit(cfg, pre.config, pre.name)  # rank and max_length against its shapes
+    model = build_model(pre, cfg)
     tok = load_tokenizer(pre.path, max_length=cfg.max_length)
     train = encode(tok, load_split(task, "train", data_dir=data_dir, source=cfg.source,
                                    limit=cfg.train_limit, seed=cfg.seed))
     dev = encode(tok, load_split(task, "dev", data_dir=data_dir, source=cfg.source,
                                  limit=cfg.eval_limit, seed=cfg.seed))
     if cfg.batch_size > len(train):
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(train)} "
-                         "training examples")
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} "
+                         f"training examples of {task.name}; use --batch-size <= {len(train)}")
     train_batches = Batcher(train, cfg.batch_size, choose_buckets(train.lengths, cfg.max_length),
                             shuffle=True, seed=cfg.seed)
     dev_batches = Batcher(dev, cfg.eval_batch_size, choose_buckets(dev.lengths, cfg.max_length),
@@ -335,7 +491,6 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
     total_steps = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
 
     k_init, k_dropout = jax.random.split(jax.random.key(cfg.seed))
-    model = build_model(pre, cfg)
     params = pre.params
     label_mean = None
     if task.is_regression and not pre.head_from_checkpoint:
@@ -350,11 +505,15 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
     run_meta = {"config": cfg.to_json(), "base_fingerprint": pre.fingerprint}
     epoch, start = 0, 0
     log_mode = "w"
+    past_evals: list[dict] = []
     if resume:
         state, pos = load_state(state_file, state, run_meta)
         epoch, start = pos["epoch"], pos["batch"]
         log_mode = "a"
-        _truncate_log(run_dir / "metrics.jsonl", int(state.step))
+        past_evals = _truncate_log(run_dir / "metrics.jsonl", int(state.step), epoch)
+    check_disk(run_dir, state, run_meta)
+    atomic_write(run_dir / "config.json",  # after resume's checks: a refused resume keeps it
+                 lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_json(), indent=2) + "\n"))
     state = shard_state(state, device_mesh)
     step_on_mesh = sharded_train_step(state, device_mesh)  # train.step_fn, jitted for the mesh
 
@@ -363,7 +522,7 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
         "base_fingerprint": pre.fingerprint, "model_config": asdict(pre.config),
         "train_config": cfg.to_json(),
     }
-    result = RunResult(run_dir, [], [], None, None, {})
+    result = RunResult(run_dir, [], past_evals, None, None, {})
     result.info = {"real_token_fraction": train_batches.real_token_fraction(),
                    "buckets": list(train_batches.buckets), "train_examples": len(train),
                    "dev_examples": len(dev), "steps_per_epoch": per_epoch,
@@ -372,10 +531,14 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
         result.info["head_bias_start"] = label_mean
     seen_shapes: set[tuple] = set()
     ran = 0
-    with open(run_dir / "metrics.jsonl", log_mode, encoding="utf-8") as log:
-        bar = tqdm(total=total_steps, initial=int(state.step), disable=not progress,
-                   desc=f"{task.name} {cfg.method}", unit="step")
-        while epoch < cfg.epochs and int(state.step) < total_steps:
+    with (open(run_dir / "metrics.jsonl", log_mode, encoding="utf-8") as log,
+          _StopOnSignal() as stop,
+          tqdm(total=total_steps, initial=int(state.step), disable=not progress,
+               desc=f"{task.name} {cfg.method}", unit="step") as bar):
+        saver = _Saver(state_file, run_meta, log, int(state.step) if resume else None)
+        # an epoch stopped after its last step but before its evaluation (a kill between the two
+        # saves) still owes that evaluation: ``start > 0``
+        while epoch < cfg.epochs and (int(state.step) < total_steps or start > 0):
             for b, batch in enumerate(train_batches.epoch(epoch, start), start=start):
                 if int(state.step) >= total_steps:
                     break
@@ -389,9 +552,8 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
                     result.step_ms.setdefault(shape[1], []).append(1000 * dt)
                 seen_shapes.add(shape)
                 step = int(state.step)
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(f"loss became {loss} at step {step}; the last good "
-                                           f"state is in {state_file} (if one was saved)")
+                saver.check_finite(step, {"loss": loss,
+                                          "gradient norm": float(metrics["grad_norm"])})
                 result.losses.append((step, loss))
                 log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss}) + "\n")
                 bar.update(1)
@@ -400,10 +562,12 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
                 ran += 1
                 pos = {"epoch": epoch, "batch": b + 1}
                 if cfg.save_every and step % cfg.save_every == 0:
-                    save_state(state_file, state, pos, run_meta)
+                    saver.save(state, pos)
+                if stop.signum is not None:
+                    saver.save(state, pos)
+                    raise TrainingInterrupted(stop.signum, step, state_file)
                 if stop_after_steps is not None and ran >= stop_after_steps:
-                    save_state(state_file, state, pos, run_meta)
-                    bar.close()
+                    saver.save(state, pos)
                     result.stopped_early, result.state = True, state
                     return result
             epoch, start = epoch + 1, 0
@@ -411,11 +575,11 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
             record = {"epoch": epoch, "step": int(state.step), "eval": scores}
             result.epochs.append(record)
             log.write(json.dumps(record) + "\n")
-            log.flush()
-            save_state(state_file, state, {"epoch": epoch, "batch": 0}, run_meta)
+            saver.save(state, {"epoch": epoch, "batch": 0})
             if progress:
                 bar.write(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        bar.close()
+            if stop.signum is not None:
+                raise TrainingInterrupted(stop.signum, int(state.step), state_file)
     save_adapter(run_dir / "adapter.safetensors", state.variables, cfg.method, adapter_meta)
     result.final = result.epochs[-1] if result.epochs else None
     if result.epochs:
@@ -429,13 +593,95 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
     return result
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (written after the state we resume from)."""
+def check_disk(run_dir: Path, state: TrainState, meta: dict) -> None:
+    """Fail before training unless ``run_dir`` can hold what the run writes: the state file
+    twice (a new one is written beside the previous one, then renamed over it), the adapter
+    file, and a little for logs. The state's size is known once the state exists."""
+    state_bytes = state_nbytes(state, meta)
+    adapter_bytes = tree_bytes(split(state.variables, state.method)[0])
+    old = run_dir / "state.safetensors"
+    already = old.stat().st_size if old.is_file() else 0  # replaced in place, already counted
+    need = max(2 * state_bytes - already, state_bytes) + adapter_bytes + (1 << 20)
+    check_space(run_dir, need, state_bytes,
+                f"state.safetensors of {state_bytes:,} bytes, written beside the previous copy, "
+                f"and adapter.safetensors of {adapter_bytes:,}")
+
+
+class _Saver:
+    """Saves the state after the log lines up to its step reached the disk, never a state
+    with NaN or infinite values, and remembers the last step saved (for the error messages)."""
+
+    def __init__(self, state_file: Path, meta: dict, log: Any, last_step: int | None):
+        self.state_file, self.meta, self.log, self.last_step = state_file, meta, log, last_step
+        self._last_saved: tuple | None = None
+
+    def check_finite(self, step: int, values: dict[str, float]) -> None:
+        for what, value in values.items():
+            if not math.isfinite(value):
+                raise TrainingDiverged(self._diverged(f"{what} became {value}", step))
+
+    def save(self, state: TrainState, position: dict) -> None:
+        step = int(state.step)
+        if self._last_saved == (step, position):
+            return  # on disk already (save_every, then a stop at the same step)
+        bad = _nonfinite_leaf(state)
+        if bad:
+            raise TrainingDiverged(self._diverged(f"trainable leaf {bad} became NaN or "
+                                                  "infinite", step))
+        self.log.flush()
+        os.fsync(self.log.fileno())  # the log covers the saved step before the state exists
+        save_state(self.state_file, state, position, self.meta)
+        self.last_step, self._last_saved = step, (step, dict(position))
+
+    def _diverged(self, what: str, step: int) -> str:
+        kept = (f"the last good state (step {self.last_step}) is in {self.state_file}"
+                if self.last_step is not None else "no state of this run was saved before it")
+        return (f"{what} at step {step}; that state was not saved; {kept}. Try a lower "
+                "learning rate (--lr) or gradient clipping (--max-grad-norm)")
+
+
+@jax.jit
+def _leaves_finite(tree: Any) -> jax.Array:
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])
+
+
+def _nonfinite_leaf(state: TrainState) -> str | None:
+    """The path of the first trainable leaf holding NaN or inf, or None (one fused check)."""
+    trainable = flatten(split(state.variables, state.method)[0])
+    if not trainable:
+        return None
+    ok = np.asarray(_leaves_finite(list(trainable.values())))
+    return None if ok.all() else list(trainable)[int(np.argmin(ok))]
+
+
+def _truncate_log(path: Path, step: int, epochs_done: int) -> list[dict]:
+    """Drop log lines written after the state we resume from: steps past ``step``, evaluations
+    of epochs past ``epochs_done``, and a last line cut short by a kill. Returns the evaluation
+    records kept (the resumed run's summary covers the whole run)."""
     if not path.is_file():
-        return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    keep, evals = [], []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError:
+            if n == len(lines):  # no newline after it: a write that a kill cut short
+                continue
+            raise CheckpointFileError(f"{path}:{n}: not a JSON record; the log was damaged "
+                                      "or edited, so the run cannot be resumed from it") from None
+        if "eval" in record:
+            if record.get("epoch", 0) <= epochs_done:
+                keep.append(line)
+                evals.append(record)
+        elif record.get("step", 0) <= step:
+            keep.append(line)
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in keep)))
+    return evals
 
 
 def restore(adapter_path: str | os.PathLike, *, model: str | None = None
@@ -447,7 +693,7 @@ def restore(adapter_path: str | os.PathLike, *, model: str | None = None
     """
     loaded = read_adapter(adapter_path)
     meta = loaded[1]
-    cfg = TrainConfig.from_json(meta.get("train_config", {}))
+    cfg = adapter_train_config(adapter_path, meta)
     labels = meta.get("labels") or []
     pre = load_pretrained(model or meta.get("base_model", cfg.model),
                           num_labels=max(len(labels), 1), seed=cfg.seed)
@@ -456,3 +702,17 @@ def restore(adapter_path: str | os.PathLike, *, model: str | None = None
     variables, meta = apply_adapter(adapter_path, template, pre.fingerprint, template,
                                     loaded=loaded)
     return net, variables, meta, pre
+
+
+def adapter_train_config(path: str | os.PathLike, meta: dict) -> TrainConfig:
+    """The ``TrainConfig`` an adapter file records (``read_adapter``'s metadata), checked
+    before any base model is loaded: a bad field names the file and the field."""
+    try:
+        cfg = TrainConfig.from_json(meta.get("train_config") or {"method": meta["method"]})
+    except (TypeError, ValueError) as e:
+        raise CheckpointFileError(f"{path}: metadata field 'train_config' is not a valid run "
+                                  f"config ({e})") from None
+    if cfg.method != meta["method"]:
+        raise CheckpointFileError(f"{path}: metadata says method {meta['method']!r} but its "
+                                  f"train_config says {cfg.method!r}")
+    return cfg

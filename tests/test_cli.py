@@ -21,8 +21,12 @@ def test_info_rejects_an_unknown_target(capsys):
 
 
 def test_info_reports_a_bad_rank_as_an_error(capsys):
-    assert main(["info", "--rank", "0"]) == 2
-    assert "LoRAConfig.rank" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["info", "--rank", "0"])
+    assert e.value.code == 2
+    assert "argument --rank: must be a positive integer, got 0" in capsys.readouterr().err
+    assert main(["info", "--model", "tiny", "--rank", "64"]) == 2
+    assert "--rank 64 is larger than the query layer" in capsys.readouterr().err
 
 
 def test_info_reads_the_default_checkpoint_config(capsys):
@@ -135,3 +139,13 @@ def test_merge_refuses_houlsby_adapters_and_writes_nothing(tiny_base, tiny_glue,
                             str(tmp_path / "m")], capsys)
     assert code == 2 and "cannot be folded into the base" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_diverging_run_exits_1_naming_the_step(tiny_base, tiny_glue, tmp_path, capsys):
+    code, _, err = run_cli(["train", "--method", "full", "--lr", "1e6", "--epochs", "1",
+                            "--batch-size", "16", "--save-every", "1", "--quiet",
+                            "--model", str(tiny_base), "--data-dir", str(tiny_glue),
+                            "--max-length", "16", "--out", str(tmp_path / "run")], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("lora-jax train: error: loss became nan at step ")
+    assert "the last good state (step " in err and "--max-grad-norm" in err

@@ -3,6 +3,8 @@ resume, and clear errors that leave nothing half-written."""
 
 import dataclasses
 import json
+import os
+import re
 
 import numpy as np
 import pytest
@@ -106,6 +108,8 @@ def test_resume_gives_the_same_losses_as_a_straight_run(tiny_base, tiny_glue, tm
     straight = fit(cfg, tmp_path / "a", data_dir=tiny_glue, progress=False)
     first = fit(cfg, tmp_path / "b", data_dir=tiny_glue, progress=False, stop_after_steps=4)
     assert first.stopped_early and len(first.losses) == 4
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as log:  # a kill after the save: a line
+        log.write('{"step": 5, "epoch": 0, "loss": 0.5}\n{"step": 6, "ep')  # and half a line
     second = fit(cfg, tmp_path / "b", data_dir=tiny_glue, progress=False, resume=True)
     assert first.losses + second.losses == straight.losses
     assert second.final["eval"] == straight.final["eval"]
@@ -171,10 +175,192 @@ def test_bad_data_fails_before_training_and_writes_no_adapter(tiny_base, tiny_gl
     assert not list((tmp_path / "run").glob("*.tmp"))
 
 
-def test_nan_loss_stops_with_the_step(tiny_base, tiny_glue, tmp_path):
-    cfg = config(tiny_base, method="full", learning_rate=1e6, epochs=1)
-    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at step \d+"):
-        fit(cfg, tmp_path / "run", data_dir=tiny_glue, progress=False)
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_base, tiny_glue,
+                                                                         tmp_path):
+    cfg = config(tiny_base, method="full", learning_rate=1e6, epochs=1, save_every=1)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at step \d+") as e:
+        fit(cfg, run, data_dir=tiny_glue, progress=False)
+    step = int(re.search(r"at step (\d+)", str(e.value)).group(1))
+    assert step >= 2, e.value  # so that a good state was saved before it
+    state_file = run / "state.safetensors"
+    assert f"the last good state (step {step - 1}) is in {state_file}" in str(e.value)
+    # the checkpoint on disk is the last good one: it loads, and diverges again at the same step
+    with pytest.raises(TrainingDiverged, match=rf"at step {step};"):
+        fit(cfg, run, data_dir=tiny_glue, progress=False, resume=True)
+
+
+def test_nan_gradient_with_a_finite_loss_stops_and_the_previous_checkpoint_resumes(
+        tiny_base, tiny_glue, tmp_path, monkeypatch):
+    """An injected NaN in step 3's gradient only: its loss is finite, its update would poison
+    every weight. The run stops naming the step; the state of step 2 on disk still trains on."""
+    import jax.numpy as jnp
+
+    import lora_jax.train as train_mod
+
+    real_step, real_forward = train_mod.step_fn, train_mod.forward
+
+    def poisoned_step(state, batch):
+        return real_step(state, {**batch, "poison": (state.step == 2).astype(jnp.float32)})
+
+    def poisoned_forward(apply_fn, variables, batch, **kw):
+        logits = real_forward(apply_fn, variables, batch, **kw)
+        if "poison" not in batch:
+            return logits
+        # adds exactly 0; its derivative is 0 * inf = NaN when poisoned (sqrt'(0) = inf)
+        return logits + 0.0 * jnp.sqrt(0.0 * logits + 1.0 - batch["poison"])
+
+    monkeypatch.setattr(train_mod, "step_fn", poisoned_step)
+    monkeypatch.setattr(train_mod, "forward", poisoned_forward)
+    cfg = config(tiny_base, method="lora", epochs=1, save_every=1)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"^gradient norm became nan at step 3; that state "
+                                               r"was not saved; the last good state \(step 2\)"):
+        fit(cfg, run, data_dir=tiny_glue, progress=False)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2]  # step 3's finite loss was never logged
+    monkeypatch.undo()
+    resumed = fit(cfg, run, data_dir=tiny_glue, progress=False, resume=True)
+    assert [s for s, _ in resumed.losses] == [3, 4, 5, 6]
+    assert all(np.isfinite(loss) for _, loss in resumed.losses)
+
+
+def test_max_grad_norm_clips_the_gradient_before_adam(tiny_base, tiny_glue, tmp_path,
+                                                     monkeypatch):
+    """Clipped to 1e-12, the gradient is far below Adam's eps: the first update all but
+    vanishes, where an unclipped Adam step moves each weight by about the learning rate. And
+    ``fit`` hands ``max_grad_norm`` to the optimizer."""
+    import jax.numpy as jnp
+
+    import lora_jax.train as train_mod
+    from lora_jax.optim import make_optimizer, trainable_labels
+
+    params = {"params": {"classifier": {"kernel": jnp.ones((4, 2))}}}
+    grads = {"params": {"classifier": {"kernel": jnp.full((4, 2), 10.0)}}}
+    moved = {}
+    for clip in (None, 1e-12):
+        tx = make_optimizer(trainable_labels(params, "head"), learning_rate=1e-2,
+                            total_steps=10, warmup_ratio=0.0, weight_decay=0.0,
+                            max_grad_norm=clip)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        moved[clip] = float(jnp.abs(updates["params"]["classifier"]["kernel"]).max())
+    assert moved[None] == pytest.approx(1e-2, rel=1e-3)
+    assert moved[1e-12] < 1e-3 * moved[None]
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(labels, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(train_mod, "make_optimizer", spy)
+    with pytest.raises(Stop):
+        fit(config(tiny_base, max_grad_norm=0.5), tmp_path, data_dir=tiny_glue, progress=False)
+    assert seen["max_grad_norm"] == 0.5
+
+
+def test_log_lines_past_the_saved_position_are_dropped_on_resume(tmp_path):
+    from lora_jax.train import _truncate_log
+
+    log = tmp_path / "metrics.jsonl"
+    steps = [{"step": i, "epoch": 0, "loss": 1.0 / i} for i in range(1, 7)]
+    evaluation = {"epoch": 1, "step": 6, "eval": {"accuracy": 0.5, "loss": 0.7}}
+    text = "".join(json.dumps(x) + "\n" for x in [*steps, evaluation]) + '{"step": 7, "epo'
+    # the state was saved after step 6, before epoch 1's evaluation: that evaluation is redone
+    log.write_text(text)
+    assert _truncate_log(log, 6, epochs_done=0) == []
+    assert log.read_text() == "".join(json.dumps(x) + "\n" for x in steps)
+    log.write_text(text)
+    assert _truncate_log(log, 6, epochs_done=1) == [evaluation]
+    log.write_text('{"step": 1, "epoch": 0, "loss": 1.0}\nnot json\n{"step": 2}\n')
+    with pytest.raises(CheckpointFileError, match=r"metrics.jsonl:2: not a JSON record"):
+        _truncate_log(log, 2, epochs_done=0)
+
+
+def test_a_full_disk_fails_before_training_naming_the_directory_and_bytes(
+        tiny_base, tiny_glue, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from lora_jax.cli import main
+    from lora_jax.files import RunDirError
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=50_000))
+    run = tmp_path / "run"
+    with pytest.raises(RunDirError, match=rf"^{re.escape(str(run))}: 50,000 bytes free, but this "
+                                          r"run needs about [\d,]+ \(state.safetensors of "
+                                          r"[\d,]+ bytes, written beside the previous copy"):
+        fit(config(tiny_base, method="full"), run, data_dir=tiny_glue, progress=False)
+    assert sorted(p.name for p in run.iterdir()) == []  # no config, log or state: nothing ran
+    code = main(["train", "--model", str(tiny_base), "--data-dir", str(tiny_glue), "--quiet",
+                 "--max-length", "16", "--batch-size", "16", "--out", str(run)])
+    assert code == 2 and f"error: {run}: 50,000 bytes free" in capsys.readouterr().err
+
+
+def test_a_disk_that_refuses_the_probe_fails_before_training(tiny_base, tiny_glue, tmp_path,
+                                                              monkeypatch):
+    """disk_usage can be wrong (quotas, network file systems): the probe really writes."""
+    import errno
+
+    from lora_jax import files
+    from lora_jax.files import RunDirError
+
+    real_fill = files._fill
+
+    def quota(fd, nbytes):
+        if nbytes > 1:  # the small writability probe passes, the state-sized one does not
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        real_fill(fd, nbytes)
+
+    monkeypatch.setattr(files, "_fill", quota)
+    run = tmp_path / "run"
+    with pytest.raises(RunDirError, match=r"run: writing a [\d,]+-byte test file failed \(Disk "
+                                          r"quota exceeded\); this run needs about [\d,]+ bytes"):
+        fit(config(tiny_base), run, data_dir=tiny_glue, progress=False)
+    assert not (run / "metrics.jsonl").exists() and not list(run.glob(".*"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_run_directory_fails_at_once(tiny_base, tiny_glue, tmp_path):
+    from lora_jax.files import RunDirError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    run.chmod(0o500)
+    try:
+        with pytest.raises(RunDirError, match=r"run: cannot write in the run directory "
+                                              r"\(Permission denied\)"):
+            fit(config(tiny_base), run, data_dir=tiny_glue, progress=False)
+    finally:
+        run.chmod(0o700)
+
+
+def test_an_unwritable_run_directory_fails_at_once(tiny_base, tiny_glue, tmp_path, monkeypatch,
+                                                   capsys):
+    """The same as a read-only directory, simulated so that it also runs as root."""
+    import errno
+
+    from lora_jax import files
+    from lora_jax.cli import main
+    from lora_jax.files import RunDirError
+
+    run = tmp_path / "run"
+    real_open = os.open
+
+    def deny(path, flags, *args, **kw):
+        if os.path.dirname(os.fspath(path)) == str(run) and flags & os.O_WRONLY:
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(files.os, "open", deny)
+    with pytest.raises(RunDirError, match=rf"^{re.escape(str(run))}: cannot write in the run "
+                                          r"directory \(Permission denied\)"):
+        fit(config(tiny_base), run, data_dir=tiny_glue, progress=False)
+    assert main(["train", "--out", str(run), "--model", str(tiny_base)]) == 2
+    assert f"{run}: cannot write in the run directory" in capsys.readouterr().err
 
 
 def test_bad_train_config_names_the_field(tiny_base):
@@ -185,3 +371,70 @@ def test_bad_train_config_names_the_field(tiny_base):
         with pytest.raises(ValueError, match=field):
             config(tiny_base, **kw)
     assert np.isclose(config(tiny_base, method="full").lr, 5e-5)
+
+
+def test_target_dims_are_the_kernel_shapes_of_every_lora_target():
+    """``check_rank`` reads layer widths from ``target_dims``; they must be the model's own."""
+    from lora_jax.models import LORA_TARGETS, ModelConfig
+    from lora_jax.optim import flatten
+    from lora_jax.report import abstract_variables
+    from lora_jax.train import target_dims
+
+    cfg = ModelConfig.tiny(intermediate_size=48)
+    kernels = flatten(abstract_variables(cfg, None)["params"])
+    where = {"query": "attention/self/query", "key": "attention/self/key",
+             "value": "attention/self/value", "attention_output": "attention/output/dense",
+             "intermediate": "intermediate/dense", "output": "output/dense"}
+    dims = target_dims(cfg)
+    assert set(dims) == set(LORA_TARGETS) == set(where)
+    for role, sub in where.items():
+        assert kernels[f"bert/encoder/layer/1/{sub}/kernel"].shape == dims[role], role
+
+
+def test_state_nbytes_is_the_size_save_state_writes(tiny_cfg, tmp_path):
+    """The disk check sizes its probe with ``state_nbytes`` before any state is saved: never
+    less than the file, at most a header's few KB more."""
+    import jax
+    from conftest import init_model
+
+    from lora_jax import LoRAConfig, create_train_state, make_optimizer
+    from lora_jax.checkpoint import save_state, state_nbytes
+    from lora_jax.optim import trainable_labels
+
+    for method, lora in (("lora", LoRAConfig(rank=4)), ("full", None)):
+        model, variables = init_model(tiny_cfg, lora)
+        tx = make_optimizer(trainable_labels(variables, method), total_steps=10)
+        state = create_train_state(model.apply, variables, method, tx, jax.random.key(0))
+        meta = {"config": {"rank": 4}, "base_fingerprint": "0" * 16}
+        size = save_state(tmp_path / "s.safetensors", state, {"epoch": 0, "batch": 0},
+                          meta).stat().st_size
+        assert size <= state_nbytes(state, meta) <= 1.05 * size + 4096, method
+
+
+def test_a_killed_writes_temporary_files_are_removed_and_nothing_else(tmp_path):
+    import tempfile
+
+    from lora_jax.files import PROBE_NAME, remove_stale_temps
+
+    _, stale = tempfile.mkstemp(dir=tmp_path, prefix=".state.safetensors.", suffix=".tmp")
+    (tmp_path / PROBE_NAME).write_text("")
+    for keep in (".notes.tmp", "data.tmp", "state.safetensors"):
+        (tmp_path / keep).write_text("mine")
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([os.path.basename(stale), PROBE_NAME])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "data.tmp",
+                                                           "state.safetensors"]
+
+
+def test_resume_after_the_last_step_but_before_its_evaluation_still_evaluates(
+        tiny_base, tiny_glue, tmp_path):
+    """A kill between the last step's save and the epoch's evaluation (found by killing at
+    random moments): the resumed run owes that evaluation, though no step is left."""
+    cfg = config(tiny_base, method="lora", epochs=1)
+    straight = fit(cfg, tmp_path / "a", data_dir=tiny_glue, progress=False)
+    first = fit(cfg, tmp_path / "b", data_dir=tiny_glue, progress=False, stop_after_steps=6)
+    assert first.stopped_early and first.epochs == []  # 96 / 16 = 6 steps: all done, no eval
+    second = fit(cfg, tmp_path / "b", data_dir=tiny_glue, progress=False, resume=True)
+    assert second.losses == [] and second.final == straight.final is not None
+    log = (tmp_path / "b" / "metrics.jsonl").read_text()
+    assert log == (tmp_path / "a" / "metrics.jsonl").read_text()
