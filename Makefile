@@ -31,7 +31,7 @@ install: $(STAMP)
 # the notebooks run top to bottom in quick mode (LORA_JAX_QUICK=1: less data, fewer steps)
 test: $(STAMP)
 	$(PY) -m ruff check .
-	LORA_JAX_QUICK=1 $(PY) -m pytest -q tests --nbmake notebooks
+	LORA_JAX_QUICK=1 $(PY) -m pytest -q --durations=15 tests --nbmake notebooks
 
 demo: $(STAMP)
 	$(VENV)/bin/lora-jax compare $(DEMO_FLAGS)
