@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from types import SimpleNamespace
 
+import jax
+import jax.numpy as jnp
 from common import (
     RESULTS,
     block,
@@ -27,7 +30,24 @@ from common import (
     timed,
 )
 
-from lora_jax import count_params, load_pretrained, train_step, tree_bytes
+from lora_jax import (
+    ModelConfig,
+    SequenceClassifier,
+    count_params,
+    load_pretrained,
+    train_step,
+    tree_bytes,
+)
+
+
+def model_for(name: str):
+    """The pretrained MiniLM, or a RoBERTa-base-shaped model with random weights (the step's
+    speed does not depend on the values)."""
+    if name == "minilm":
+        return load_pretrained("minilm")
+    cfg = ModelConfig.roberta_base(num_labels=2)
+    params = SequenceClassifier(cfg).init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))
+    return SimpleNamespace(config=cfg, params=params["params"])
 
 
 def main() -> None:
@@ -38,16 +58,20 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="timed steps per method per round")
     p.add_argument("--out", default=str(RESULTS / "train_step.jsonl"))
+    p.add_argument("--model", choices=("minilm", "roberta-base"), default="minilm",
+                   help="minilm (pretrained) or roberta-base (random weights: speed only)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype (bfloat16: for a GPU or TPU)")
     args = p.parse_args()
     methods = args.methods.split(",")
-    pre = load_pretrained("minilm")
+    pre = model_for(args.model)
     peak = matmul_peak_gflops()
     emit({**header("matmul_peak", {"n": 2048}), "gflops": peak}, args.out)
     for seq in [int(s) for s in args.seqs.split(",")]:
         batch = synthetic_batch(args.batch, seq)
         states, info = {}, {}
         for m in methods:
-            state = make_state(pre, m)
+            state = make_state(pre, m, dtype_cfg=pre.config.replace(dtype=args.dtype))
             t0 = time.perf_counter()
             compiled = train_step.lower(state, batch).compile()
             compile_s = time.perf_counter() - t0
@@ -79,6 +103,7 @@ def main() -> None:
             emit({**header("train_step", {"method": m, "batch": args.batch, "seq": seq,
                                           "lora": "r=8, alpha=16, query,value",
                                           "adapter_size": 64, "dropout": 0.0,
+                                          "model": args.model, "dtype": args.dtype,
                                           "rounds": args.rounds, "steps": args.steps}),
                   **info[m], "step_ms_median": med, "step_ms_min": min(times[m]),
                   "examples_per_s": 1000 * args.batch / med,

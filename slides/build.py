@@ -73,8 +73,10 @@ def params() -> str:
 
 
 def _train_steps() -> tuple[dict, dict]:
-    rows = _latest(_jsonl("train_step.jsonl", "train_step"),
-                   lambda r: (r["config"]["seq"], r["config"]["method"]))
+    minilm_f32 = [r for r in _jsonl("train_step.jsonl", "train_step")
+                  if r["config"].get("model", "minilm") == "minilm"
+                  and r["config"].get("dtype", "float32") == "float32"]
+    rows = _latest(minilm_f32, lambda r: (r["config"]["seq"], r["config"]["method"]))
     peak = _jsonl("train_step.jsonl", "matmul_peak")[-1]
     return rows, peak
 
