@@ -38,6 +38,11 @@ MESH_RUNS = textwrap.dedent("""
                 "lora_replicated": all(x.sharding.is_fully_replicated
                                        for x in jax.tree.leaves(v.get("lora", {}))),
             }
+    try:
+        fit(TrainConfig(task="sst2", model=base, batch_size=15, max_length=16),
+            f"{out}/odd", data_dir=glue, progress=False, mesh="data=8")
+    except ValueError as e:
+        report["odd_batch_error"] = str(e)
     print(json.dumps(report))
 """)
 
@@ -91,13 +96,10 @@ def test_default_mesh_puts_every_device_on_data():
     assert parse_mesh("model=2", n_devices=8) == {"data": 4, "model": 2}
 
 
-def test_batch_that_does_not_split_over_data_fails_before_training(tiny_base, tiny_glue,
-                                                                   tmp_path):
-    cfg = TrainConfig(task="sst2", model=str(tiny_base), batch_size=15, max_length=16)
-    if jax.device_count() == 1:
-        pytest.skip("one device: every batch splits")
-    with pytest.raises(ValueError, match="batch_size 15"):
-        fit(cfg, tmp_path / "run", data_dir=tiny_glue, progress=False)
+@pytest.mark.slow
+def test_batch_that_does_not_split_over_data_fails_before_training(mesh_report):
+    assert "batch_size 15 does not split over the mesh's data axis of size 8" in (
+        mesh_report["odd_batch_error"])
 
 
 def test_bfloat16_trains_and_keeps_parameters_in_float32(tiny_base, tiny_glue, tmp_path):
