@@ -42,6 +42,45 @@ def atomic_write(dest: str | os.PathLike, write: Callable[[str], object]) -> Pat
     return dest
 
 
+def atomic_write_dir(dest: str | os.PathLike, write: Callable[[Path], object], *,
+                     allowed: tuple[str, ...]) -> Path:
+    """``atomic_write`` for a directory: fill a temporary directory beside ``dest`` with
+    ``write(tmp)``, fsync its files, then rename it to ``dest``. A reader sees the old directory
+    or the complete new one, never a partial one. An existing ``dest`` is replaced only when it
+    holds nothing but files named in ``allowed`` (so a mistyped --out never deletes other work).
+    """
+    dest = Path(dest)
+    if dest.exists():
+        if not dest.is_dir():
+            raise ValueError(f"{dest}: exists and is not a directory")
+        others = sorted(p.name for p in dest.iterdir() if p.name not in allowed)
+        if others:
+            raise ValueError(f"{dest}: exists and holds other files ({others[:5]}); "
+                             "choose another output directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    old = None
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the usual directory mode
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.{tmp.name}.old")
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not dest.exists():
+            os.replace(old, dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(dest.parent)
+    return dest
+
+
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     """Delete the temporary files a killed ``atomic_write`` (``.<name>.<8 random>.tmp``) or
     probe left in ``directory``; other files are left alone."""

@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from safetensors.numpy import save_file
 
 from lora_jax.checkpoint import CheckpointFileError, read_adapter, save_adapter
 from lora_jax.data import get_task
+from lora_jax.files import atomic_write_dir
 from lora_jax.lora import LORA, LoRAConfig
 from lora_jax.models import LORA_TARGETS, ModelConfig, SequenceClassifier
 from lora_jax.optim import flatten, split, unflatten
@@ -267,46 +266,7 @@ def export_peft(adapter_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         save_file(out, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
-    return _write_dir(Path(out_dir), write)
-
-
-def _write_dir(dest: Path, write) -> Path:
-    """Fill a temporary directory beside ``dest`` with ``write(tmp)``, fsync, then rename it to
-    ``dest``: a reader sees the old directory or the complete new one, never a partial one."""
-    if dest.exists():
-        if not dest.is_dir():
-            raise ValueError(f"{dest}: exists and is not a directory")
-        others = sorted(p.name for p in dest.iterdir() if p.name not in PEFT_FILES)
-        if others:
-            raise ValueError(f"{dest}: exists and holds files that are not a PEFT adapter's "
-                             f"({others[:5]}); choose another output directory")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    old = None
-    try:
-        write(tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give the usual directory mode
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.{tmp.name}.old")
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not dest.exists():
-            os.replace(old, dest)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return dest
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return atomic_write_dir(Path(out_dir), write, allowed=PEFT_FILES)
 
 
 # --- import -------------------------------------------------------------------------------------

@@ -87,25 +87,28 @@ def check_ids(adapter_ids: Any, n_adapters: int, batch_size: int) -> jax.Array:
 
 def load_stacked(paths: Sequence[str | os.PathLike], *, model: str | None = None):
     """Several LoRA adapter files trained on one base -> (model, base params, stacked adapters,
-    metadata list). Files from different bases, or with different LoRA settings, are refused."""
-    from lora_jax.train import restore
+    metadata list). The base is loaded once; files from another base, with other LoRA settings
+    or another head shape, are refused with the file named."""
+    from lora_jax.checkpoint import apply_adapter, read_adapter
+    from lora_jax.train import adapter_train_config, init_variables, restore
+
+    def lora_only(path, meta):
+        if meta["method"] != "lora":
+            raise ValueError(f"{path}: method {meta['method']!r}; only LoRA adapters can be "
+                             "stacked")
 
     net, variables, meta, pre = restore(paths[0], model=model)
+    lora_only(paths[0], meta)
+    template = init_variables(net, variables["params"], "lora", jax.random.key(0))
     parts, metas = [adapter_part(variables)], [meta]
     for path in paths[1:]:
-        other, v, m, _ = restore(path, model=model)
-        if m["method"] != "lora":
-            raise ValueError(f"{path}: method {m['method']!r}; only LoRA adapters can be stacked")
-        if m["base_fingerprint"] != meta["base_fingerprint"]:
-            raise ValueError(f"{path} was trained on another base model than {paths[0]} "
-                             f"({m['base_fingerprint']} vs {meta['base_fingerprint']})")
-        if other.lora != net.lora:
-            raise ValueError(f"{path}: LoRA settings {other.lora} differ from {paths[0]}'s "
-                             f"{net.lora}")
+        loaded = read_adapter(path)
+        lora_only(path, loaded[1])
+        lora = adapter_train_config(path, loaded[1]).lora_config()
+        if lora != net.lora:
+            raise ValueError(f"{path}: LoRA settings {lora} differ from {paths[0]}'s {net.lora}")
+        v, m = apply_adapter(path, template, pre.fingerprint, template, loaded=loaded)
         parts.append(adapter_part(v))
         metas.append(m)
-    if meta["method"] != "lora":
-        raise ValueError(f"{paths[0]}: method {meta['method']!r}; only LoRA adapters can be "
-                         "stacked")
     base = {k: v for k, v in variables["params"].items() if k != HEAD}
     return net, base, stack_adapters(parts, [str(p) for p in paths]), metas

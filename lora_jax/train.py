@@ -215,7 +215,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Every field checked here, each error naming it, so a bad run fails before it loads
-        anything (the model-dependent ones, rank and max_length, are in ``check_model_fit``)."""
+        anything (the model-dependent ones: ``check_rank``, ``check_max_length``)."""
         try:
             get_task(self.task if isinstance(self.task, str) else repr(self.task))
         except GlueDataError as e:
@@ -359,11 +359,9 @@ def check_rank(lora: LoRAConfig | None, model: ModelConfig, name: str = "the mod
                              f"rank at most {min(d_in, d_out)}; use --rank <= {largest}")
 
 
-def check_model_fit(cfg: TrainConfig, model: ModelConfig, name: str = "the model") -> None:
-    """The config's model-dependent limits, from shapes alone (before any data is read): the
-    rank (``check_rank``), and examples no longer than the model's position table (XLA would
-    clamp the positions silently)."""
-    check_rank(cfg.lora_config(), model, name)
+def check_max_length(cfg: TrainConfig, model: ModelConfig, name: str = "the model") -> None:
+    """Training examples no longer than the model's position table (XLA would clamp the
+    positions silently); checked before any data is read."""
     positions = model.max_position_embeddings - model.position_offset
     if cfg.max_length > positions:
         raise ValueError(f"--max-length {cfg.max_length} is longer than the {positions} "
@@ -406,7 +404,6 @@ def evaluate(apply_fn: Callable, variables: dict, batcher: Batcher, task: Task) 
 
 def _host_batch(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "index"}
-
 
 
 @dataclass
@@ -473,8 +470,8 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
     if pre.config.num_labels != task.num_labels:
         raise ValueError(f"model head has {pre.config.num_labels} outputs, task {task.name} "
                          f"needs {task.num_labels}")
-    check_model_fit(cfg, pre.config, pre.name)  # rank and max_length against its shapes
-    model = build_model(pre, cfg)
+    check_max_length(cfg, pre.config, pre.name)
+    model = build_model(pre, cfg)  # checks the rank against its shapes
     tok = load_tokenizer(pre.path, max_length=cfg.max_length)
     train = encode(tok, load_split(task, "train", data_dir=data_dir, source=cfg.source,
                                    limit=cfg.train_limit, seed=cfg.seed))
