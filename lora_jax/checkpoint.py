@@ -95,12 +95,13 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
         raise CheckpointFileError(f"{path}: metadata field 'task' is {meta['task']!r}, "
                                   "not a task name")
     for field, kind in (("train_config", dict), ("model_config", dict), ("labels", list),
-                        ("base_model", str)):
+                        ("label_names", list), ("base_model", str)):
         if meta.get(field) is not None and not isinstance(meta[field], kind):
             raise CheckpointFileError(f"{path}: metadata field {field!r} is "
                                       f"{type(meta[field]).__name__}, expected {kind.__name__}")
-    if not all(isinstance(x, str) for x in meta.get("labels") or []):
-        raise CheckpointFileError(f"{path}: metadata field 'labels' must list strings")
+    for field in ("labels", "label_names"):
+        if not all(isinstance(x, str) for x in meta.get(field) or []):
+            raise CheckpointFileError(f"{path}: metadata field {field!r} must list strings")
     return tensors, meta
 
 

@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from lora_jax.checkpoint import CheckpointFileError
+from lora_jax.checkpoint import CheckpointFileError, read_adapter
 from lora_jax.compare import compare, markdown_table
 from lora_jax.data import (
     SOURCES,
@@ -31,24 +31,20 @@ from lora_jax.data import (
     load_split,
     read_tsv,
 )
+from lora_jax.export import export_merged, hf_labels
 from lora_jax.files import RunDirError
-from lora_jax.lora import LoRAConfig, merge
+from lora_jax.lora import LoRAConfig
 from lora_jax.models import COMPUTE_DTYPES, LORA_TARGETS, TARGET_PRESETS, ModelConfig
 from lora_jax.optim import METHODS
 from lora_jax.parallel import parse_mesh
 from lora_jax.peft import export_peft, import_peft, save_imported
-from lora_jax.pretrained import (
-    DEFAULT_MODEL,
-    CheckpointError,
-    load_config,
-    load_tokenizer,
-    save_pretrained,
-)
+from lora_jax.pretrained import DEFAULT_MODEL, CheckpointError, load_config, load_tokenizer
 from lora_jax.report import parameter_report
 from lora_jax.train import (
     TrainConfig,
     TrainingDiverged,
     TrainingInterrupted,
+    adapter_task,
     check_rank,
     evaluate,
     fit,
@@ -162,6 +158,8 @@ def add_lora_flags(p: argparse.ArgumentParser) -> None:
                    "most the smallest targeted layer's width)")
     p.add_argument("--alpha", type=positive_float, default=16.0, help="LoRA alpha; scale = "
                    "alpha/r (default 16)")
+    p.add_argument("--rslora", action="store_true", help="rank-stabilised LoRA: scale = "
+                   "alpha/sqrt(r) instead of alpha/r (Kalajdzievski 2023)")
     p.add_argument("--targets", type=parse_targets, default=TARGET_PRESETS["qv"],
                    help="layers to adapt: qv, attention, all, or e.g. query,value (default qv)")
     p.add_argument("--lora-dropout", type=probability, default=0.0,
@@ -216,7 +214,8 @@ def mesh_spec(text: str) -> str:
 def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
     return TrainConfig(
         task=args.task, method=method, model=args.model, rank=args.rank, alpha=args.alpha,
-        targets=args.targets, lora_dropout=args.lora_dropout, adapter_size=args.adapter_size,
+        targets=args.targets, lora_dropout=args.lora_dropout, rslora=args.rslora,
+        adapter_size=args.adapter_size,
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
         learning_rate=args.lr, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
         max_length=args.max_length, train_limit=args.train_limit, eval_limit=args.eval_limit,
@@ -233,12 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flags(p)
     p.add_argument("--out", default=None, help="run directory (default runs/<task>-<method>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/state.safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out "
+                   "(its files go once the new run has passed its checks)")
 
     p = sub.add_parser("compare", help="several methods on one task, then a table")
     p.add_argument("--methods", default="full,lora",
                    help=f"comma-separated, from {', '.join(METHODS)} (default full,lora)")
     add_train_flags(p)
     p.add_argument("--out", default=None, help="output directory (default runs/compare-<task>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a comparison already in "
+                   "--out (one that compare wrote)")
 
     p = sub.add_parser("eval", help="evaluate a saved adapter")
     p.add_argument("adapter", help="an adapter.safetensors written by train/compare")
@@ -246,17 +249,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", type=task_name, help="task (default: the adapter's)")
     p.add_argument("--data-dir", help="GLUE directory (default $LORA_JAX_GLUE_DIR or download)")
     p.add_argument("--file", help="evaluate on this GLUE-format TSV instead of the dev set")
+    p.add_argument("--cross-task", action="store_true", help="allow --task to name another "
+                   "task than the adapter's (same number of outputs); the line says so")
     p.add_argument("--batch-size", type=positive_int, default=64)
 
     p = sub.add_parser("merge", help="fold an adapter into its base; write an HF model dir")
     p.add_argument("adapter", help="an adapter.safetensors written by train/compare")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (new or empty)")
     p.add_argument("--model", help="base model (default: the one the adapter names)")
+    p.add_argument("--overwrite", action="store_true", help="replace a model directory that "
+                   "merge wrote before")
 
     p = sub.add_parser("export-peft", help="write a LoRA adapter as a Hugging Face PEFT dir")
     p.add_argument("adapter", help="a LoRA adapter.safetensors written by train/compare")
     p.add_argument("--out", required=True, help="output directory (adapter_config.json + "
-                   "adapter_model.safetensors)")
+                   "adapter_model.safetensors), new or empty")
+    p.add_argument("--overwrite", action="store_true", help="replace a PEFT directory that "
+                   "export-peft wrote before")
 
     p = sub.add_parser("import-peft", help="read a PEFT LoRA dir into a lora_jax adapter file")
     p.add_argument("peft_dir", help="a PEFT LoRA directory (task_type SEQ_CLS)")
@@ -264,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model (default: the dir's base_model_name_or_path)")
     p.add_argument("--task", type=task_name, help="GLUE task the head is for (else give "
                    "--task to eval)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --out file")
 
     p = sub.add_parser("info", help="parameter and byte counts for a model and method")
     p.add_argument("--method", choices=METHODS, default="lora", help="what trains (default lora)")
@@ -278,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> int:
     cfg = train_config(args, args.method)
     out = Path(args.out or f"runs/{cfg.task}-{cfg.method}")
-    result = fit(cfg, out, data_dir=args.data_dir, resume=args.resume, progress=not args.quiet,
-                 mesh=args.mesh)
+    result = fit(cfg, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
+                 progress=not args.quiet, mesh=args.mesh)
     print(json.dumps({"run_dir": str(out), "best": result.best, "final": result.final}))
     return 0
 
@@ -292,17 +302,16 @@ def cmd_compare(args) -> int:
     base = train_config(args, methods[0])
     out = Path(args.out or f"runs/compare-{base.task}")
     report = compare(base, methods, out, data_dir=args.data_dir, progress=not args.quiet,
-                     mesh=args.mesh)
+                     mesh=args.mesh, overwrite=args.overwrite)
     print(markdown_table(report))
     print(f"wrote {out}/compare.json, compare.md, compare.png")
     return 0
 
 
 def cmd_eval(args) -> int:
+    _, meta = read_adapter(args.adapter)  # the task check needs no model: fail before loading
+    task = adapter_task(args.adapter, meta, args.task, cross_task=args.cross_task)
     model, variables, meta, pre = restore(args.adapter, model=args.model)
-    if not (args.task or meta["task"]):
-        raise ValueError(f"{args.adapter} names no task (imported without --task); give --task")
-    task = get_task(args.task or meta["task"])
     cfg = meta.get("train_config") or {}
     positions = pre.config.max_position_embeddings - pre.config.position_offset
     tok = load_tokenizer(pre.path, max_length=min(cfg.get("max_length", 128), positions))
@@ -312,44 +321,41 @@ def cmd_eval(args) -> int:
     batches = Batcher(enc, args.batch_size, choose_buckets(enc.lengths, tok.max_length),
                       shuffle=False)
     scores = evaluate(model.apply, variables, batches, task)
-    print(json.dumps({"task": task.name, "examples": len(enc), "source": examples.source,
-                      **scores}))
+    line = {"task": task.name, "adapter_task": meta["task"], "examples": len(enc),
+            "source": examples.source, **scores}
+    if meta["task"] and meta["task"] != task.name:
+        line["cross_task"] = (f"a {meta['task']} adapter scored on {task.name} data: its outputs "
+                              f"mean {meta['task']}'s classes")
+    print(json.dumps(line))
     return 0
 
 
 def cmd_merge(args) -> int:
-    _, variables, meta, pre = restore(args.adapter, model=args.model)
-    method = meta["method"]
-    if method == "adapter":
-        raise ValueError("Houlsby adapters add layers; they cannot be folded into the base "
-                         "weights (that is LoRA's advantage). Merge works for lora, bitfit, "
-                         "head and full")
-    if method == "lora":
-        variables = merge(variables, TrainConfig.from_json(meta["train_config"]).lora_config())
-    cfg = pre.config
-    out = save_pretrained(variables["params"], cfg, args.out, tokenizer_from=pre.path)
-    print(json.dumps({"out": str(out), "method": method, "task": meta["task"]}))
+    out = export_merged(args.adapter, args.out, model=args.model, overwrite=args.overwrite)
+    _, meta = read_adapter(args.adapter)
+    print(json.dumps({"out": str(out), "method": meta["method"], "task": meta["task"],
+                      "labels": hf_labels(meta)}))
     return 0
 
 
 def cmd_export_peft(args) -> int:
-    out = export_peft(args.adapter, args.out)
+    out = export_peft(args.adapter, args.out, overwrite=args.overwrite)
     print(json.dumps({"out": str(out), "files": sorted(f.name for f in out.iterdir())}))
     return 0
 
 
 def cmd_import_peft(args) -> int:
     imported = import_peft(args.peft_dir, base=args.model)
-    out = save_imported(imported, args.out, task=args.task)
+    out = save_imported(imported, args.out, task=args.task, overwrite=args.overwrite)
     print(json.dumps({"out": str(out), "base": imported.base, "rank": imported.lora.rank,
-                      "alpha": imported.lora.alpha, "targets": list(imported.lora.targets),
-                      "task": args.task}))
+                      "alpha": imported.lora.alpha, "rslora": imported.lora.rslora,
+                      "targets": list(imported.lora.targets), "task": args.task}))
     return 0
 
 
 def cmd_info(args) -> int:
     cfg = model_config(args.model, args.num_labels)
-    lora = LoRAConfig(rank=args.rank, alpha=args.alpha, targets=args.targets)
+    lora = LoRAConfig(rank=args.rank, alpha=args.alpha, targets=args.targets, rslora=args.rslora)
     check_rank(lora if args.method == "lora" else None, cfg, args.model)
     report = parameter_report(cfg, args.method, lora if args.method == "lora" else None,
                               adapter_size=args.adapter_size)

@@ -23,10 +23,10 @@ import jax
 import numpy as np
 
 from lora_jax.data import get_task
-from lora_jax.files import atomic_write
+from lora_jax.files import atomic_write, check_output_dir, read_manifest, write_manifest
 from lora_jax.optim import count_params, tree_bytes
 from lora_jax.pretrained import load_pretrained
-from lora_jax.train import TrainConfig, fit, train_step
+from lora_jax.train import TrainConfig, check_run_dir, fit, train_step
 
 COLUMNS = [  # (key, header, format)
     ("method", "method", "{}"),
@@ -76,18 +76,32 @@ def machine_info() -> dict:
             "python": platform.python_version()}
 
 
+COMPARE_KIND = "comparison"  # the manifest kind of a compare directory
+OUTPUTS = ["compare.json", "compare.md", "compare.png"]
+
+
 def compare(base: TrainConfig, methods: list[str], out_dir: str | os.PathLike, *,
-            data_dir: str | None = None, progress: bool = True, mesh: str | None = None) -> dict:
-    """Train ``base`` once per method (same data, seed, epochs) and tabulate the results."""
+            data_dir: str | None = None, progress: bool = True, mesh: str | None = None,
+            overwrite: bool = False) -> dict:
+    """Train ``base`` once per method (same data, seed, epochs) and tabulate the results.
+
+    ``out_dir`` gets one run directory per method and the tables; it must be new or empty, or
+    (``overwrite``) a comparison written before, whose runs are then replaced one by one.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    replace = check_output_dir(out, COMPARE_KIND, overwrite=overwrite)
     task = get_task(base.task)
     pre = load_pretrained(base.model, num_labels=task.num_labels, seed=base.seed)
+    for method in methods:  # every run directory checked before the first run trains
+        check_run_dir(out / method, resume=False, overwrite=overwrite)
+    owned = set(methods) | set(OUTPUTS) | set(read_manifest(out)["files"] if replace else [])
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, COMPARE_KIND, sorted(owned), {"task": task.name, "methods": methods})
     rows = []
     for method in methods:
         cfg = dataclasses.replace(base, method=method)
         result = fit(cfg, out / method, data_dir=data_dir, pretrained=pre, progress=progress,
-                     mesh=mesh)
+                     mesh=mesh, overwrite=overwrite)
         state = result.state
         # measure memory on a batch of the largest bucket (the run's worst case)
         length = result.info["buckets"][-1]

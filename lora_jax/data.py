@@ -66,6 +66,16 @@ class Task:
     dev_file: str = "dev.tsv"
     header: bool = True
     min_columns: int = 0  # CoLA rows have exactly 4 columns
+    names: tuple[str, ...] | None = None  # readable class names where the files say 0 / 1
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """What each output means, in output order, as a model hub shows it (``id2label``):
+        the class names (tensorflow-datasets' names where the files use 0 / 1), or the score's
+        column name for the regression task."""
+        if self.labels is None:
+            return (str(self.label),)
+        return self.names or self.labels
 
     @property
     def num_labels(self) -> int:
@@ -80,12 +90,13 @@ _NLI3 = ("contradiction", "entailment", "neutral")
 _ENT2 = ("entailment", "not_entailment")
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("cola", "CoLA", 3, None, 1, ("0", "1"), ("mcc", "accuracy"), "mcc",
-         header=False, min_columns=4),
-    Task("sst2", "SST-2", "sentence", None, "label", ("0", "1"), ("accuracy",), "accuracy"),
+         header=False, min_columns=4, names=("unacceptable", "acceptable")),
+    Task("sst2", "SST-2", "sentence", None, "label", ("0", "1"), ("accuracy",), "accuracy",
+         names=("negative", "positive")),
     Task("mrpc", "MRPC", "#1 String", "#2 String", "Quality", ("0", "1"), ("accuracy", "f1"),
-         "accuracy"),
+         "accuracy", names=("not_equivalent", "equivalent")),
     Task("qqp", "QQP", "question1", "question2", "is_duplicate", ("0", "1"), ("accuracy", "f1"),
-         "accuracy"),
+         "accuracy", names=("not_duplicate", "duplicate")),
     Task("stsb", "STS-B", "sentence1", "sentence2", "score", None, ("pearson", "spearman"),
          "pearson"),
     Task("mnli", "MNLI", "sentence1", "sentence2", "gold_label", _NLI3, ("accuracy",), "accuracy",
@@ -95,7 +106,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("qnli", "QNLI", "question", "sentence", "label", _ENT2, ("accuracy",), "accuracy"),
     Task("rte", "RTE", "sentence1", "sentence2", "label", _ENT2, ("accuracy",), "accuracy"),
     Task("wnli", "WNLI", "sentence1", "sentence2", "label", ("0", "1"), ("accuracy",),
-         "accuracy"),
+         "accuracy", names=("not_entailment", "entailment")),
 )}
 
 
@@ -160,7 +171,11 @@ def read_tsv(path: str | os.PathLike, task: Task) -> Examples:
         for c in (task.text_a, task.text_b, task.label):
             if c is not None and c not in header:
                 found = str(header) if len(str(header)) <= 200 else f"{str(header)[:200]}..."
-                raise GlueDataError(f"{path}:1: header has no column {c!r} (found {found})")
+                fits = [t.name for t in TASKS.values() if t.header and all(
+                    x is None or x in header for x in (t.text_a, t.text_b, t.label))]
+                hint = f"; these columns are those of {', '.join(fits)}" if fits else ""
+                raise GlueDataError(f"{path}:1: header has no column {c!r} (found {found}) "
+                                    f"for task {task.name}{hint}")
         cols = {c: header.index(c) for c in (task.text_a, task.text_b, task.label) if c}
         first = 1
     ia = cols.get(task.text_a, task.text_a)

@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lora_jax.validate import boolean, choice, integer, names, real
+
 INIT_SCHEMES = ("kaiming", "gaussian")
 LORA = "lora"  # name of the variable collection that holds the adapters
 
@@ -43,19 +45,19 @@ class LoRAConfig:
     rslora: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
-            raise ValueError(f"LoRAConfig.rank must be a positive integer, got {self.rank!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"LoRAConfig.alpha must be > 0, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.init not in INIT_SCHEMES:
-            raise ValueError(f"LoRAConfig.init must be one of {INIT_SCHEMES}, got {self.init!r}")
-        if isinstance(self.targets, str) or not self.targets:
-            raise ValueError(
-                f"LoRAConfig.targets must be a non-empty tuple of layer names, got {self.targets!r}"
-            )
-        object.__setattr__(self, "targets", tuple(self.targets))
+        """Types first, then values, each error naming the field (``validate``): a bool, a
+        string or an infinite alpha (logits NaN at init: inf * 0) never gets in."""
+        own = "LoRAConfig"
+        fields = {
+            "rank": integer(own, "rank", self.rank, minimum=1),
+            "alpha": real(own, "alpha", self.alpha, low=0, low_open=True),
+            "targets": names(own, "targets", self.targets),
+            "dropout": real(own, "dropout", self.dropout, low=0, high=1),
+            "init": choice(own, "init", self.init, INIT_SCHEMES),
+            "rslora": boolean(own, "rslora", self.rslora),
+        }
+        for name, value in fields.items():  # normalised: alpha=16 is 16.0, a list a tuple
+            object.__setattr__(self, name, value)
 
     @property
     def scale(self) -> float:

@@ -16,13 +16,17 @@ import jax
 import jax.numpy as jnp
 
 from lora_jax.lora import LoRAConfig, LoRADense
+from lora_jax.validate import ConfigError, choice, integer, real
 
-# Roles of the dense layers inside each transformer block, in order of use.
-LORA_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
+# Roles of the dense layers inside each transformer block, in order of use; then BERT's pooler
+# (one dense layer after the blocks; RoBERTa has none), which PEFT's common recipe
+# target_modules=["query", "key", "value", "dense"] adapts too.
+BLOCK_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
+LORA_TARGETS = (*BLOCK_TARGETS, "pooler")
 TARGET_PRESETS = {
     "qv": ("query", "value"),
     "attention": ("query", "key", "value", "attention_output"),
-    "all": LORA_TARGETS,
+    "all": BLOCK_TARGETS,  # every matrix in the blocks, as the paper's "all"
 }
 MODEL_TYPES = ("bert", "roberta")
 # Mixed precision: activations and matmuls in ``dtype``; parameters, optimizer state, LayerNorm
@@ -56,27 +60,24 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype (activations, matmuls); parameters stay float32
 
     def __post_init__(self) -> None:
+        """Types first, then values, each error naming the field (``validate``)."""
+        own = "ModelConfig"
         for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                   "intermediate_size", "max_position_embeddings", "type_vocab_size",
                   "num_labels"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or v <= 0:
-                raise ValueError(f"ModelConfig.{f} must be a positive integer, got {v!r}")
+            integer(own, f, getattr(self, f), minimum=1)
+        integer(own, "pad_token_id", self.pad_token_id, minimum=0)
+        object.__setattr__(self, "layer_norm_eps",
+                           real(own, "layer_norm_eps", self.layer_norm_eps, low=0, low_open=True))
+        for f in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            object.__setattr__(self, f, real(own, f, getattr(self, f), low=0, high=1))
+        choice(own, "model_type", self.model_type, MODEL_TYPES)
+        choice(own, "dtype", self.dtype, tuple(COMPUTE_DTYPES))
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"ModelConfig.hidden_size={self.hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_attention_heads}"
             )
-        if self.model_type not in MODEL_TYPES:
-            raise ValueError(
-                f"ModelConfig.model_type must be one of {MODEL_TYPES}, got {self.model_type!r}"
-            )
-        if self.dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"ModelConfig.dtype must be one of {tuple(COMPUTE_DTYPES)}, "
-                             f"got {self.dtype!r}")
-        for f in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(self, f) < 1.0:
-                raise ValueError(f"ModelConfig.{f} must be in [0, 1), got {getattr(self, f)!r}")
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -107,15 +108,19 @@ class ModelConfig:
         return cls(**{**base, **changes})
 
 
-def check_targets(lora: LoRAConfig | None) -> None:
-    """Every LoRA target must name a dense-layer role of this encoder."""
+def check_targets(lora: LoRAConfig | None, model_type: str | None = None) -> None:
+    """Every LoRA target must name a dense-layer role of this encoder (of ``model_type``'s,
+    when given: RoBERTa has no pooler)."""
     if lora is None:
         return
     bad = [t for t in lora.targets if t not in LORA_TARGETS]
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"LoRAConfig.targets: unknown layer name(s) {bad}; valid names are {LORA_TARGETS}"
         )
+    if model_type == "roberta" and "pooler" in lora.targets:
+        raise ConfigError("LoRAConfig.targets: 'pooler' is BERT's pooler layer; RoBERTa "
+                          "classifies from its first token without one")
 
 
 class Embeddings(nn.Module):
@@ -279,13 +284,16 @@ class LayerStack(nn.Module):
 
 
 class Pooler(nn.Module):
-    """BERT's pooler: tanh(dense(first token)). Pretrained, frozen under LoRA."""
+    """BERT's pooler: tanh(dense(first token)). Pretrained and frozen; LoRA adapts it only
+    when ``pooler`` is a target."""
 
     cfg: ModelConfig
+    lora: LoRAConfig | None = None
 
     @nn.compact
-    def __call__(self, x):
-        return jnp.tanh(LoRADense(self.cfg.hidden_size, "pooler", name="dense")(x[:, 0]))
+    def __call__(self, x, deterministic: bool = True):
+        dense = LoRADense(self.cfg.hidden_size, "pooler", self.lora, name="dense")
+        return jnp.tanh(dense(x[:, 0], deterministic))  # (B, D)
 
 
 class Encoder(nn.Module):
@@ -302,7 +310,7 @@ class Encoder(nn.Module):
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None,
                  deterministic: bool = True):
         cfg = self.cfg
-        check_targets(self.lora)
+        check_targets(self.lora, cfg.model_type)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if attention_mask is None:
@@ -312,7 +320,8 @@ class Encoder(nn.Module):
         mask_bias = jnp.where(keep, 0.0, jnp.finfo(x.dtype).min).astype(x.dtype)
         x = LayerStack(cfg, self.lora, self.adapter_size, name="encoder")(
             x, mask_bias, deterministic)  # (B, T, D)
-        pooled = None if cfg.model_type == "roberta" else Pooler(cfg, name="pooler")(x)
+        pooled = (None if cfg.model_type == "roberta"
+                  else Pooler(cfg, self.lora, name="pooler")(x, deterministic))
         return x, pooled
 
 

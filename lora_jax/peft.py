@@ -36,7 +36,7 @@ from safetensors.numpy import save_file
 
 from lora_jax.checkpoint import CheckpointFileError, read_adapter, save_adapter
 from lora_jax.data import get_task
-from lora_jax.files import atomic_write_dir
+from lora_jax.files import atomic_write_dir, check_output_dir, check_output_file
 from lora_jax.lora import LORA, LoRAConfig
 from lora_jax.models import LORA_TARGETS, ModelConfig, SequenceClassifier
 from lora_jax.optim import flatten, split, unflatten
@@ -54,12 +54,12 @@ from lora_jax.train import TrainConfig
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILE = "adapter_model.bin"
-PEFT_FILES = (CONFIG_FILE, WEIGHTS_FILE, "README.md")  # what PEFT's save_pretrained writes
+PEFT_KIND = "PEFT adapter"  # the manifest kind of a directory export_peft writes
 PREFIX = "base_model.model."  # PEFT's prefix of every saved key (PeftModel -> LoraModel -> model)
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the 'minilm' alias stands for
 HEAD_MODULES = ["classifier", "score"]  # PEFT's modules_to_save for task_type SEQ_CLS
 
-# Each role's module inside ``<model_type>.encoder.layer.<i>`` (Hugging Face naming).
+# Each block role's module inside ``<model_type>.encoder.layer.<i>`` (Hugging Face naming).
 ROLE_MODULES = {
     "query": "attention.self.query",
     "key": "attention.self.key",
@@ -68,6 +68,7 @@ ROLE_MODULES = {
     "intermediate": "intermediate.dense",
     "output": "output.dense",
 }
+POOLER_MODULE = "pooler.dense"  # BERT's pooler, inside ``<model_type>``: role "pooler"
 # The target_modules entry per role. PEFT matches a list entry against a module's full name
 # exactly or as a dotted suffix, so "output.dense" would also select "attention.output.dense":
 # targeting "output" alone needs a regex (see ``target_modules``).
@@ -78,6 +79,7 @@ TARGET_NAMES = {
     "attention_output": "attention.output.dense",
     "intermediate": "intermediate.dense",
     "output": "output.dense",
+    "pooler": POOLER_MODULE,
 }
 
 # PEFT options lora_jax cannot represent: field -> (values that mean "off", why).
@@ -134,7 +136,10 @@ def from_peft_key(key: str) -> tuple[str, bool] | None:
 
 
 def role_of(module: str, model_type: str) -> str | None:
-    """``bert.encoder.layer.3.attention.self.query`` -> ``query`` (None: not an adaptable layer)."""
+    """``bert.encoder.layer.3.attention.self.query`` -> ``query``, ``bert.pooler.dense`` ->
+    ``pooler`` (None: not a layer lora_jax adapts)."""
+    if model_type == "bert" and module == f"{model_type}.{POOLER_MODULE}":
+        return "pooler"
     m = re.fullmatch(rf"{model_type}\.encoder\.layer\.\d+\.(.+)", module)
     inverse = {v: k for k, v in ROLE_MODULES.items()}
     return inverse.get(m[1]) if m else None
@@ -147,8 +152,11 @@ def target_modules(targets: tuple[str, ...], model_type: str) -> list[str] | str
     ``layer.N.attention.output.dense``)."""
     roles = [t for t in LORA_TARGETS if t in targets]
     if "output" in roles and "attention_output" not in roles:
-        alts = "|".join(re.escape(ROLE_MODULES[t]) for t in roles)
-        return rf"{model_type}\.encoder\.layer\.\d+\.(?:{alts})"
+        block = "|".join(re.escape(ROLE_MODULES[t]) for t in roles if t in ROLE_MODULES)
+        pattern = rf"{model_type}\.encoder\.layer\.\d+\.(?:{block})"
+        if "pooler" in roles:
+            pattern = rf"(?:{pattern}|{model_type}\.{re.escape(POOLER_MODULE)})"
+        return pattern
     return [TARGET_NAMES[t] for t in roles]
 
 
@@ -224,14 +232,17 @@ def peft_config(lora: LoRAConfig, model_type: str, base_model_name_or_path: str 
 
 
 def export_peft(adapter_path: str | os.PathLike, out_dir: str | os.PathLike, *,
-                base_model_name_or_path: str | None = None) -> Path:
+                base_model_name_or_path: str | None = None, overwrite: bool = False) -> Path:
     """Write a lora_jax LoRA adapter file as a PEFT directory (``adapter_config.json`` +
     ``adapter_model.safetensors``) that ``PeftModel.from_pretrained(base, out_dir)`` loads.
 
     ``base_model_name_or_path`` defaults to the adapter's base model (the Hub id for
-    ``minilm``). The directory appears complete or not at all (written beside it, then renamed);
-    an existing ``out_dir`` is replaced only when it holds nothing but PEFT's files.
+    ``minilm``). The directory appears complete or not at all (written beside it, then renamed).
+    An existing ``out_dir`` must be empty, or (``overwrite``) a PEFT export that lora_jax wrote
+    and nothing else; never the adapter's own directory (``files.check_output_dir``).
     """
+    reads = {"the adapter": Path(adapter_path).parent}
+    check_output_dir(out_dir, PEFT_KIND, overwrite=overwrite, reads=reads)  # before any work
     tensors, meta = read_adapter(adapter_path)
     if meta["method"] != "lora":
         raise CheckpointFileError(f"{adapter_path}: method {meta['method']!r} is not LoRA; only "
@@ -266,7 +277,9 @@ def export_peft(adapter_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         save_file(out, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
-    return atomic_write_dir(Path(out_dir), write, allowed=PEFT_FILES)
+    info = {"exported_from": str(adapter_path), "base_fingerprint": meta["base_fingerprint"]}
+    return atomic_write_dir(Path(out_dir), write, kind=PEFT_KIND, overwrite=overwrite,
+                            reads=reads, info=info)
 
 
 # --- import -------------------------------------------------------------------------------------
@@ -418,7 +431,8 @@ def import_peft(peft_dir: str | os.PathLike, base: str | os.PathLike | Pretraine
                 raise PeftFormatError(
                     f"{weights}: tensor {key} adapts {module}, which is not a layer lora_jax "
                     f"adapts in this {mt} base ({base_name}): "
-                    f"{mt}.encoder.layer.N.{{{', '.join(ROLE_MODULES.values())}}}")
+                    f"{mt}.encoder.layer.N.{{{', '.join(ROLE_MODULES.values())}}}"
+                    f"{f' and {mt}.{POOLER_MODULE}' if mt == 'bert' else ''}")
             roles.add(role)
         ours[path] = np.ascontiguousarray(x.T if transpose else x)
     if not roles:
@@ -468,11 +482,15 @@ def import_peft(peft_dir: str | os.PathLike, base: str | os.PathLike | Pretraine
                       peft_config=config, source=peft_dir)
 
 
-def save_imported(imported: PeftImport, path: str | os.PathLike, *, task: str | None = None
-                  ) -> Path:
+def save_imported(imported: PeftImport, path: str | os.PathLike, *, task: str | None = None,
+                  overwrite: bool = False) -> Path:
     """Write an imported PEFT adapter as a lora_jax adapter file, for ``lora-jax eval`` and
     ``merge`` (and ``restore``). ``task`` (a GLUE task) must fit the head's size; without it,
-    ``eval`` needs ``--task``."""
+    ``eval`` needs ``--task``. An existing file is replaced only with ``overwrite``, and never
+    one inside the PEFT directory or the base model's (``files.check_output_file``)."""
+    check_output_file(path, overwrite=overwrite,
+                      reads={"the PEFT adapter": imported.source,
+                             "the base model": imported.pretrained.path})
     n = imported.pretrained.config.num_labels
     if task is not None:
         t = get_task(task)

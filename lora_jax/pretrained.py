@@ -28,7 +28,7 @@ import numpy as np
 import tokenizers
 from safetensors.numpy import load_file, save_file
 
-from lora_jax.files import atomic_write
+from lora_jax.files import atomic_write_dir
 from lora_jax.models import ModelConfig, SequenceClassifier, init_head
 from lora_jax.optim import flatten, unflatten
 
@@ -273,15 +273,76 @@ def _check_position_ids(value: np.ndarray, source: Path) -> None:
 # --- export -------------------------------------------------------------------------------------
 
 
-def save_pretrained(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, *,
-                    tokenizer_from: str | os.PathLike | None = None) -> Path:
-    """Write ``params`` as a Hugging Face ``*ForSequenceClassification`` directory
-    (``config.json`` + ``model.safetensors``, and ``tokenizer.json`` copied when given).
+MERGED_KIND = "Hugging Face model"  # the manifest kind of a directory save_pretrained writes
+# The tokenizer files a Hugging Face model directory may hold; save_pretrained copies those the
+# base has (tokenizer_config.json is rewritten, see hf_tokenizer_config).
+TOKENIZER_FILES = ("tokenizer.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "added_tokens.json")
+# The special tokens of each model family by role, for a base without tokenizer_config.json.
+SPECIAL_TOKENS = {
+    "bert": {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+             "cls_token": "[CLS]", "mask_token": "[MASK]"},
+    "roberta": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                "sep_token": "</s>", "pad_token": "<pad>", "cls_token": "<s>",
+                "mask_token": "<mask>"},
+}
+PROBLEM_TYPES = {True: "regression", False: "single_label_classification"}  # by num_labels == 1
 
-    Files are written to temporary names and renamed, so a crash leaves no half-written file.
+
+def hf_config(cfg: ModelConfig, labels: list[str] | None = None) -> dict:
+    """The ``config.json`` of a ``*ForSequenceClassification`` model: the encoder's fields, the
+    task's label names (``id2label`` / ``label2id``; ``LABEL_i`` when none are given) and its
+    ``problem_type``, so ``pipeline`` names the classes and treats one output as a score, not
+    as a sigmoid probability."""
+    n = cfg.num_labels
+    labels = list(labels) if labels is not None else [f"LABEL_{i}" for i in range(n)]
+    if len(labels) != n or len(set(labels)) != n:
+        raise ValueError(f"labels {labels} do not name the {n} distinct outputs of the head")
+    arch = {"bert": "BertForSequenceClassification",
+            "roberta": "RobertaForSequenceClassification"}
+    hf = {f: getattr(cfg, f) for f in CONFIG_FIELDS}
+    hf.update(architectures=[arch[cfg.model_type]], hidden_act="gelu",
+              position_embedding_type="absolute", problem_type=PROBLEM_TYPES[n == 1],
+              id2label={str(i): name for i, name in enumerate(labels)},
+              label2id={name: i for i, name in enumerate(labels)})
+    return hf
+
+
+def hf_tokenizer_config(model_dir: Path, cfg: ModelConfig) -> dict:
+    """``tokenizer_config.json`` for a model written from ``model_dir``'s tokenizer: the base's
+    own (special tokens, lower-casing, ...) when it has one, with ``model_max_length`` taken
+    from it and never above the position table; else the position table's size and the model
+    family's special tokens that the tokenizer knows. Without ``model_max_length``,
+    ``transformers`` assumes 1e30 tokens and ``truncation=True`` does not cut at all."""
+    positions = cfg.max_position_embeddings - cfg.position_offset
+    src = model_dir / "tokenizer_config.json"
+    config = _read_json(src) if src.is_file() else {}
+    limit = config.get("model_max_length")
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit:
+        limit = positions
+    config["model_max_length"] = int(min(limit, positions))
+    if not src.is_file():
+        vocab = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json")).get_vocab(
+            with_added_tokens=True)
+        config.update({role: tok for role, tok in SPECIAL_TOKENS[cfg.model_type].items()
+                       if tok in vocab})
+    return config
+
+
+def save_pretrained(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, *,
+                    tokenizer_from: str | os.PathLike | None = None,
+                    labels: list[str] | None = None, overwrite: bool = False,
+                    reads: dict[str, Path] | None = None, info: dict | None = None) -> Path:
+    """Write ``params`` as a Hugging Face ``*ForSequenceClassification`` directory that
+    ``from_pretrained`` and ``pipeline`` load: ``config.json`` (``hf_config``: labels and
+    problem type), ``model.safetensors`` and, from ``tokenizer_from``, the tokenizer files
+    (``TOKENIZER_FILES``) with a ``tokenizer_config.json`` that keeps the base's length limit.
+
+    The directory is written beside ``out_dir`` and renamed into place, so it appears whole or
+    not at all, with a manifest (``files.MANIFEST``; ``info`` is recorded in it). An existing
+    ``out_dir`` must be empty, or, with ``overwrite``, a model directory this function wrote;
+    ``reads`` names directories it must never write into (the base model, the adapter's run).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for path, x in flatten(params).items():
         rel = path if path.startswith("classifier/") else path.split("/", 1)[1]
@@ -290,19 +351,24 @@ def save_pretrained(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, 
             key = f"{cfg.model_type}.{key}"
         x = np.asarray(x, dtype=np.float32)
         tensors[key] = np.ascontiguousarray(x.T if transpose else x)
-    arch = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification"}
-    hf = {f: getattr(cfg, f) for f in CONFIG_FIELDS}
-    hf.update(architectures=[arch[cfg.model_type]], hidden_act="gelu",
-              position_embedding_type="absolute",
-              id2label={str(i): f"LABEL_{i}" for i in range(cfg.num_labels)},
-              label2id={f"LABEL_{i}": i for i in range(cfg.num_labels)})
-    atomic_write(out / "model.safetensors", lambda tmp: save_file(tensors, tmp))
-    atomic_write(out / "config.json",
-                  lambda tmp: Path(tmp).write_text(json.dumps(hf, indent=2) + "\n"))
-    if tokenizer_from is not None:
-        src = resolve_model_dir(tokenizer_from) / "tokenizer.json"
-        atomic_write(out / "tokenizer.json", lambda tmp: Path(tmp).write_bytes(src.read_bytes()))
-    return out
+    hf = hf_config(cfg, labels)
+    src = None if tokenizer_from is None else resolve_model_dir(tokenizer_from)
+    if src is not None and not (src / "tokenizer.json").is_file():
+        raise CheckpointError(f"{src}: no tokenizer.json to copy into {out_dir}")
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        if src is None:
+            return
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                (tmp / name).write_bytes((src / name).read_bytes())
+        tok_config = hf_tokenizer_config(src, cfg)
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
+
+    return atomic_write_dir(out_dir, write, kind=MERGED_KIND, overwrite=overwrite, reads=reads,
+                            info=info)
 
 
 # --- tokenizer ----------------------------------------------------------------------------------

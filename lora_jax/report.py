@@ -31,7 +31,8 @@ def parameter_report(cfg: ModelConfig, method: str, lora: LoRAConfig | None = No
     return {
         "method": method,
         "lora": None if lora is None else {"rank": lora.rank, "alpha": lora.alpha,
-                                           "targets": list(lora.targets)},
+                                           "targets": list(lora.targets),
+                                           "rslora": lora.rslora, "scale": lora.scale},
         "total_params": total,
         "trainable_params": trainable,
         "trainable_params_without_head": count_params(variables, method, include_head=False),

@@ -48,7 +48,14 @@ from lora_jax.data import (
     load_split,
     resolve_data_dir,
 )
-from lora_jax.files import atomic_write, check_space, check_writable, remove_stale_temps
+from lora_jax.files import (
+    OutputExistsError,
+    atomic_write,
+    check_space,
+    check_writable,
+    is_stale_temp,
+    remove_stale_temps,
+)
 from lora_jax.lora import LORA, LoRAConfig
 from lora_jax.metrics import compute
 from lora_jax.models import (
@@ -71,6 +78,7 @@ from lora_jax.optim import (
 )
 from lora_jax.parallel import make_mesh, shard_batch, shard_state, sharded_train_step
 from lora_jax.pretrained import Pretrained, load_pretrained, load_tokenizer
+from lora_jax.validate import ConfigError, boolean, choice, integer, names, real
 
 
 @flax.struct.dataclass
@@ -214,51 +222,44 @@ class TrainConfig:
     dtype: str = "float32"  # compute dtype; "bfloat16" for GPU/TPU (params stay float32)
 
     def __post_init__(self) -> None:
-        """Every field checked here, each error naming it, so a bad run fails before it loads
-        anything (the model-dependent ones: ``check_rank``, ``check_max_length``)."""
+        """Every field checked here, the type before the value, each error naming it
+        (``validate``), so a bad run fails before it loads anything (the model-dependent
+        ones: ``check_rank``, ``check_max_length``)."""
+        own = "TrainConfig"
+        if not isinstance(self.task, str):
+            raise ConfigError(f"{own}.task must be a GLUE task name, got {self.task!r}")
         try:
-            get_task(self.task if isinstance(self.task, str) else repr(self.task))
+            get_task(self.task)
         except GlueDataError as e:
-            raise ValueError(f"task: {e}") from None
-        if self.method not in METHODS:
-            raise ValueError(f"method: unknown {self.method!r}; choose one of {METHODS}")
+            raise ConfigError(f"{own}.task: {e}") from None
+        choice(own, "method", self.method, METHODS)
         if not isinstance(self.model, str) or not self.model:
-            raise ValueError(f"model must name a checkpoint or directory, got {self.model!r}")
-        for f in ("epochs", "batch_size", "eval_batch_size", "adapter_size", "max_length",
-                  "max_steps", "train_limit", "eval_limit", "save_every", "seed"):
-            v = getattr(self, f)
-            if v is not None and not _is_int(v):
-                raise ValueError(f"{f} must be an integer, got {v!r}")
-        for f in ("epochs", "batch_size", "eval_batch_size", "adapter_size", "max_length"):
-            if getattr(self, f) <= 0:
-                raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
+            raise ConfigError(f"{own}.model must name a checkpoint or directory, "
+                              f"got {self.model!r}")
+        checked = {}
+        for f in ("epochs", "batch_size", "eval_batch_size", "adapter_size", "rank"):
+            checked[f] = integer(own, f, getattr(self, f), minimum=1)
         for f in ("max_steps", "train_limit", "eval_limit", "save_every"):
-            v = getattr(self, f)
-            if v is not None and v <= 0:
-                raise ValueError(f"{f} must be positive, got {v}")
-        if self.max_length < 4:
-            raise ValueError(f"max_length must be at least 4 ([CLS] a [SEP]...), "
-                             f"got {self.max_length}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        for f in ("learning_rate", "max_grad_norm", "alpha"):
-            v = getattr(self, f)
-            if v is not None and not (_is_finite(v) and v > 0):
-                raise ValueError(f"{f} must be a positive number, got {v!r}")
-        if not (_is_finite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
-        if self.dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"dtype: unknown {self.dtype!r}; choose one of "
-                             f"{tuple(COMPUTE_DTYPES)}")
-        if self.source not in SOURCES:
-            raise ValueError(f"source: unknown {self.source!r}; choose one of {SOURCES}")
-        if not _is_finite(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if isinstance(self.targets, str):
-            raise ValueError(f"targets must be a tuple of layer names, got {self.targets!r}")
-        object.__setattr__(self, "targets", tuple(self.targets))
+            checked[f] = integer(own, f, getattr(self, f), minimum=1, optional=True)
+        checked["seed"] = integer(own, "seed", self.seed, minimum=0)
+        checked["max_length"] = integer(own, "max_length", self.max_length, minimum=1)
+        if checked["max_length"] < 4:
+            raise ConfigError(f"{own}.max_length must be at least 4 ([CLS] a [SEP]...), "
+                              f"got {self.max_length}")
+        checked["alpha"] = real(own, "alpha", self.alpha, low=0, low_open=True)
+        for f in ("learning_rate", "max_grad_norm"):
+            checked[f] = real(own, f, getattr(self, f), low=0, low_open=True, optional=True)
+        checked["weight_decay"] = real(own, "weight_decay", self.weight_decay, low=0)
+        checked["warmup_ratio"] = real(own, "warmup_ratio", self.warmup_ratio, low=0, high=1)
+        checked["lora_dropout"] = real(own, "lora_dropout", self.lora_dropout, low=0, high=1)
+        checked["rslora"] = boolean(own, "rslora", self.rslora)
+        checked["targets"] = names(own, "targets", self.targets)
+        choice(own, "dtype", self.dtype, tuple(COMPUTE_DTYPES))
+        choice(own, "source", self.source, SOURCES)
+        for f, v in checked.items():  # normalised: 16 -> 16.0 for floats, a list -> a tuple
+            object.__setattr__(self, f, v)
         check_targets(LoRAConfig(rank=self.rank, alpha=self.alpha, targets=self.targets,
-                                 dropout=self.lora_dropout))  # names the bad field
+                                 dropout=self.lora_dropout, rslora=self.rslora))
 
     @property
     def lr(self) -> float:
@@ -274,17 +275,7 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> TrainConfig:
-        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
-        return cls(**{**d, "targets": tuple(d.get("targets", ("query", "value")))})
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-
-def _is_finite(v: Any) -> bool:
-    real = isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
-    return real and math.isfinite(v)
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
 
 
 class TrainingDiverged(RuntimeError):
@@ -338,10 +329,14 @@ class _StopOnSignal:
 
 
 def target_dims(model: ModelConfig) -> dict[str, tuple[int, int]]:
-    """(d_in, d_out) of the dense layer behind each LoRA target (``models.LORA_TARGETS``)."""
+    """(d_in, d_out) of the dense layer behind each LoRA target this model has
+    (``models.LORA_TARGETS``; RoBERTa has no pooler)."""
     d, ff = model.hidden_size, model.intermediate_size
-    return {"query": (d, d), "key": (d, d), "value": (d, d), "attention_output": (d, d),
+    dims = {"query": (d, d), "key": (d, d), "value": (d, d), "attention_output": (d, d),
             "intermediate": (d, ff), "output": (ff, d)}
+    if model.model_type == "bert":
+        dims["pooler"] = (d, d)
+    return dims
 
 
 def check_rank(lora: LoRAConfig | None, model: ModelConfig, name: str = "the model") -> None:
@@ -350,8 +345,9 @@ def check_rank(lora: LoRAConfig | None, model: ModelConfig, name: str = "the mod
     if lora is None:
         return
     dims = target_dims(model)
+    check_targets(lora, model.model_type)
     for target in lora.targets:
-        d_in, d_out = dims.get(target, (lora.rank, lora.rank))
+        d_in, d_out = dims[target]
         if lora.rank > min(d_in, d_out):
             largest = min(min(dims[t]) for t in lora.targets if t in dims)
             raise ValueError(f"--rank {lora.rank} is larger than the {target} layer of {name} "
@@ -432,15 +428,47 @@ class RunResult:
         return t, float(np.median(self.step_ms[t]))
 
 
+RUN_FILES = ("config.json", "metrics.jsonl", "state.safetensors", "adapter.safetensors",
+             "summary.json")  # everything fit writes into a run directory
+
+
+def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> list[Path]:
+    """What ``fit`` may do with ``run_dir``; returns the old run's files that a new run replaces.
+
+    A new or empty directory takes a new run; a directory holding a run is continued with
+    ``resume`` or replaced with ``overwrite`` (its files are deleted only once the new run has
+    passed its checks and written its first file), and refused otherwise, naming the files and
+    both flags. A directory holding anything a run does not write is never trained into.
+    """
+    if resume and overwrite:
+        raise ValueError(f"{run_dir}: --resume continues the run there and --overwrite replaces "
+                         "it; give one of them")
+    if resume or not run_dir.is_dir():
+        return []
+    present = sorted(p.name for p in run_dir.iterdir() if not is_stale_temp(p))
+    others = [n for n in present if n not in RUN_FILES]
+    if others:
+        raise OutputExistsError(f"{run_dir}: holds files that a lora_jax run does not write "
+                                f"({', '.join(others[:5])}); train into a new or empty directory "
+                                "(--out)")
+    if present and not overwrite:
+        raise OutputExistsError(f"{run_dir}: already holds a run ({', '.join(present)}) that a new "
+                                "run would destroy; give --resume to continue it, --overwrite to "
+                                "replace it, or another --out")
+    return [run_dir / n for n in present]
+
+
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = None,
-        pretrained: Pretrained | None = None, resume: bool = False, progress: bool = True,
-        stop_after_steps: int | None = None, mesh: str | None = None) -> RunResult:
+        pretrained: Pretrained | None = None, resume: bool = False, overwrite: bool = False,
+        progress: bool = True, stop_after_steps: int | None = None, mesh: str | None = None
+        ) -> RunResult:
     """Train ``cfg.method`` on ``cfg.task``; evaluate after each epoch; write the run directory:
 
     ``config.json``, ``metrics.jsonl`` (one line per step and per evaluation), ``adapter.
     safetensors`` (the trainable leaves, after the last epoch), ``state.safetensors`` (resumable)
     and ``summary.json`` (best and final epoch). ``resume=True`` continues from
-    ``state.safetensors`` with the same data order, dropout masks and schedule.
+    ``state.safetensors`` with the same data order, dropout masks and schedule; a directory
+    that already holds a run is refused unless ``resume`` or ``overwrite`` (``check_run_dir``).
     ``stop_after_steps`` stops (with a saved state) after that many steps of this call, as an
     interruption would. ``mesh`` (``"data=N[,model=M]"``, default: every local device on
     ``data``) places the run on a device mesh (``lora_jax.parallel``); it is placement only, so
@@ -453,6 +481,7 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
     ``TrainingDiverged`` without saving that state. Every file is written atomically, so a
     process killed at any moment leaves the previous or the new state, never a broken one.
     """
+    old_run = check_run_dir(Path(run_dir), resume=resume, overwrite=overwrite)
     run_dir = check_writable(run_dir)  # an unwritable --out fails now, not at the first save
     remove_stale_temps(run_dir)  # what a killed run's atomic writes left behind
     state_file = run_dir / "state.safetensors"
@@ -511,11 +540,15 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
     check_disk(run_dir, state, run_meta)
     atomic_write(run_dir / "config.json",  # after resume's checks: a refused resume keeps it
                  lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_json(), indent=2) + "\n"))
+    for old in old_run:  # --overwrite: the new run is under way, so the old one goes now
+        if old.name != "config.json":
+            old.unlink(missing_ok=True)
     state = shard_state(state, device_mesh)
     step_on_mesh = sharded_train_step(state, device_mesh)  # train.step_fn, jitted for the mesh
 
     adapter_meta = {
-        "task": task.name, "labels": list(task.labels or []), "base_model": pre.name,
+        "task": task.name, "labels": list(task.labels or []),
+        "label_names": list(task.label_names), "base_model": pre.name,
         "base_fingerprint": pre.fingerprint, "model_config": asdict(pre.config),
         "train_config": cfg.to_json(),
     }
@@ -691,14 +724,47 @@ def restore(adapter_path: str | os.PathLike, *, model: str | None = None
     loaded = read_adapter(adapter_path)
     meta = loaded[1]
     cfg = adapter_train_config(adapter_path, meta)
-    labels = meta.get("labels") or []
     pre = load_pretrained(model or meta.get("base_model", cfg.model),
-                          num_labels=max(len(labels), 1), seed=cfg.seed)
+                          num_labels=head_outputs(meta), seed=cfg.seed)
     net = build_model(pre, cfg)
     template = init_variables(net, pre.params, cfg.method, jax.random.key(0))
     variables, meta = apply_adapter(adapter_path, template, pre.fingerprint, template,
                                     loaded=loaded)
     return net, variables, meta, pre
+
+
+def head_outputs(meta: dict) -> int:
+    """How many outputs the head of an adapter (``read_adapter``'s metadata) has."""
+    return max(len(meta.get("labels") or []), 1)
+
+
+def adapter_task(path: str | os.PathLike, meta: dict, requested: str | None = None, *,
+                 cross_task: bool = False) -> Task:
+    """The task to evaluate an adapter on: its own by default; ``requested`` when it is the same
+    task, or the adapter has none (imported from PEFT without one) and the head fits it. Another
+    task's data only with ``cross_task`` (the head's outputs mean the adapter's classes, so
+    the score is not that task's), and never with a head of another size."""
+    own = get_task(meta["task"]) if meta.get("task") else None
+    if requested is None:
+        if own is None:
+            raise ValueError(f"{path} names no task (imported without --task); give --task")
+        return own
+    task = get_task(requested)
+    n = head_outputs(meta)
+    if own is None or own.name == task.name:
+        if task.num_labels != n:
+            raise ValueError(f"{path}: the adapter's head has {n} output(s), but task "
+                             f"{task.name} has {task.num_labels}")
+        return task
+    differ = (f"{path} was trained on {own.name} (outputs {', '.join(own.label_names)}), but "
+              f"--task {task.name} scores {', '.join(task.label_names)}")
+    if task.num_labels != n:
+        raise ValueError(f"{differ}: a head of {n} output(s) cannot be evaluated on "
+                         f"{task.num_labels}")
+    if not cross_task:
+        raise ValueError(f"{differ}; the score would mean nothing. Give --cross-task to "
+                         f"evaluate the {own.name} adapter on {task.name} data anyway")
+    return task
 
 
 def adapter_train_config(path: str | os.PathLike, meta: dict) -> TrainConfig:

@@ -119,18 +119,19 @@ def test_bad_flag_exits_2_naming_the_flag(args, message, tiny_base, tiny_glue, a
 
 
 @pytest.mark.parametrize(("change", "field"), [
-    ({"task": "sst3"}, "task: unknown task 'sst3'"),
-    ({"task": 3}, "task: unknown task '3'"),
-    ({"epochs": 1.5}, "epochs must be an integer, got 1.5"),
-    ({"learning_rate": float("nan")}, "learning_rate must be a positive number, got nan"),
-    ({"alpha": float("inf")}, "alpha must be a positive number, got inf"),
-    ({"weight_decay": -1.0}, "weight_decay must be a number >= 0"),
-    ({"max_grad_norm": 0.0}, "max_grad_norm must be a positive number"),
-    ({"seed": -3}, "seed must be >= 0, got -3"),
-    ({"source": "csv"}, "source: unknown 'csv'; choose one of ('tsv', 'tfds')"),
-    ({"max_length": 3}, "max_length must be at least 4"),
-    ({"targets": "query"}, "targets must be a tuple of layer names"),
-    ({"lora_dropout": 1.0}, "LoRAConfig.dropout must be in [0, 1)"),
+    ({"task": "sst3"}, "TrainConfig.task: unknown task 'sst3'"),
+    ({"task": 3}, "TrainConfig.task must be a GLUE task name, got 3"),
+    ({"epochs": 1.5}, "TrainConfig.epochs must be an integer, got 1.5"),
+    ({"learning_rate": float("nan")}, "TrainConfig.learning_rate must be a finite number"),
+    ({"learning_rate": 0.0}, "TrainConfig.learning_rate must be a positive number, got 0"),
+    ({"alpha": float("inf")}, "TrainConfig.alpha must be a finite number, got inf"),
+    ({"weight_decay": -1.0}, "TrainConfig.weight_decay must be a number >= 0"),
+    ({"max_grad_norm": 0.0}, "TrainConfig.max_grad_norm must be a positive number"),
+    ({"seed": -3}, "TrainConfig.seed must be an integer >= 0, got -3"),
+    ({"source": "csv"}, "TrainConfig.source must be one of ('tsv', 'tfds'), got 'csv'"),
+    ({"max_length": 3}, "TrainConfig.max_length must be at least 4"),
+    ({"targets": "query"}, "TrainConfig.targets must be a non-empty tuple of names"),
+    ({"lora_dropout": 1.0}, "TrainConfig.lora_dropout must be a number in [0, 1), got 1"),
 ])
 def test_bad_train_config_names_the_field(change, field):
     with pytest.raises(ValueError, match=re.escape(field)):
@@ -220,7 +221,7 @@ MODEL_CASES = [
     (_write("config.json", b"[1, 2]"), "config.json: expected a JSON object, got list"),
     (_write("config.json", b"\xff\xfe"), "config.json: not valid JSON"),
     (_edit_config(model_type="gpt2"), "config.json: model_type 'gpt2' is not supported"),
-    (_edit_config(hidden_size=None), "config.json: ModelConfig.hidden_size must be a positive"),
+    (_edit_config(hidden_size=None), "config.json: ModelConfig.hidden_size must be an integer"),
     (_edit_config(layer_norm_eps="small"), "config.json: field 'layer_norm_eps' is 'small'"),
     (_edit_config(num_attention_heads=5), "hidden_size=32 is not divisible by "
                                           "num_attention_heads=5"),
@@ -304,7 +305,7 @@ ADAPTER_CASES = [
      "metadata field 'train_config' is str, expected dict"),
     ("train_config rank 0", lambda src, dst: _rewrite(
         src, dst, meta=lambda m: m["train_config"].update(rank=0)),
-     "metadata field 'train_config' is not a valid run config (LoRAConfig.rank must be"),
+     "metadata field 'train_config' is not a valid run config (TrainConfig.rank must be"),
     ("method disagrees", lambda src, dst: _rewrite(
         src, dst, meta=lambda m: m.update(method="bitfit")),
      "metadata says method 'bitfit' but its train_config says 'lora'"),

@@ -17,7 +17,8 @@ from safetensors.numpy import load_file, save_file
 from lora_jax import LoRAConfig, ModelConfig, SequenceClassifier, load_pretrained
 from lora_jax.checkpoint import CheckpointFileError, read_adapter, save_adapter
 from lora_jax.cli import main
-from lora_jax.models import LORA_TARGETS
+from lora_jax.files import OutputExistsError
+from lora_jax.models import BLOCK_TARGETS, LORA_TARGETS
 from lora_jax.optim import flatten, unflatten
 from lora_jax.peft import (
     PeftFormatError,
@@ -75,7 +76,9 @@ def make_adapter(base, path, *, targets=("query", "value"), rank=4, alpha=12.0, 
 @pytest.mark.parametrize("model,targets,rslora", [
     ("bert", ("query", "value"), False),
     ("bert", ("output",), False),
-    ("roberta", ALL, True),
+    ("bert", ("query", "key", "value", "attention_output", "intermediate", "output", "pooler"),
+     False),
+    ("roberta", BLOCK_TARGETS, True),
 ])
 def test_export_then_import_is_bit_exact(model, targets, rslora, tiny_base, tiny_roberta,
                                          tmp_path):
@@ -84,7 +87,7 @@ def test_export_then_import_is_bit_exact(model, targets, rslora, tiny_base, tiny
                        dropout=0.1)
     out = export_peft(src, tmp_path / "peft")
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json",
-                                                     "adapter_model.safetensors"]
+                                                     "adapter_model.safetensors", "lora_jax.json"]
     imported = import_peft(out, base=str(base))
     assert imported.lora == LoRAConfig(rank=4, alpha=12.0, targets=targets, dropout=0.1,
                                        rslora=rslora)
@@ -130,15 +133,19 @@ def test_target_modules_select_exactly_the_targeted_layers(tiny_cfg):
     the real PEFT 0.21.2 too: it put LoRA on exactly these modules."""
     assert target_modules(("value", "query"), "bert") == ["query", "value"]
     assert target_modules(("output",), "bert") == r"bert\.encoder\.layer\.\d+\.(?:output\.dense)"
-    for mt in ("bert", "roberta"):
+    assert target_modules(("output", "pooler"), "bert") == (
+        r"(?:bert\.encoder\.layer\.\d+\.(?:output\.dense)|bert\.pooler\.dense)")
+    for mt, roles in (("bert", ALL), ("roberta", BLOCK_TARGETS)):  # RoBERTa has no pooler
         modules = _dense_modules(tiny_cfg.replace(model_type=mt))
-        for n in range(1, len(ALL) + 1):
-            for targets in itertools.combinations(ALL, n):
+        for n in range(1, len(roles) + 1):
+            for targets in itertools.combinations(roles, n):
                 config = {"target_modules": target_modules(targets, mt),
                           "modules_to_save": ["classifier", "score"]}
                 chosen = {m for m in modules if peft_selects(config, m)}
                 assert chosen == {m for m in modules if role_of(m, mt) in targets}, targets
-                assert len(chosen) == len(targets) * tiny_cfg.num_hidden_layers
+                per_layer = len(set(targets) - {"pooler"})
+                assert len(chosen) == per_layer * tiny_cfg.num_hidden_layers + (
+                    "pooler" in targets)
 
 
 # --- against the real PEFT files ------------------------------------------------------------------
@@ -322,15 +329,17 @@ def test_export_never_leaves_a_half_written_directory(good_peft, tiny_base, tmp_
     out = shutil.copytree(good_peft, tmp_path / "old")
     before = (out / "adapter_model.safetensors").read_bytes()
     with pytest.raises(OSError, match="disk full"):
-        export_peft(src, out)  # an existing PEFT dir keeps its old content
+        export_peft(src, out, overwrite=True)  # an existing PEFT dir keeps its old content
     assert (out / "adapter_model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "old"]
     monkeypatch.undo()
-    export_peft(src, out)  # a PEFT dir is replaced whole
+    with pytest.raises(OutputExistsError, match="give --overwrite to replace it"):
+        export_peft(src, out)  # an export is replaced only when asked
+    export_peft(src, out, overwrite=True)  # ... and then whole
     assert (out / "adapter_model.safetensors").read_bytes() != before
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="notes.txt"):
-        export_peft(src, out)  # anything else is never clobbered
+    with pytest.raises(OutputExistsError, match="notes.txt"):
+        export_peft(src, out, overwrite=True)  # anything else is never clobbered
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -340,7 +349,8 @@ def test_cli_export_import_then_eval_and_merge(tiny_base, tiny_glue, tmp_path, c
     src = make_adapter(tiny_base, tmp_path / "a.safetensors")
     assert main(["export-peft", str(src), "--out", str(tmp_path / "peft")]) == 0
     assert json.loads(capsys.readouterr().out)["files"] == ["adapter_config.json",
-                                                           "adapter_model.safetensors"]
+                                                           "adapter_model.safetensors",
+                                                           "lora_jax.json"]
     back = tmp_path / "b.safetensors"
     assert main(["import-peft", str(tmp_path / "peft"), "--out", str(back), "--model",
                  str(tiny_base), "--task", "SST-2"]) == 0

@@ -386,9 +386,11 @@ def test_target_dims_are_the_kernel_shapes_of_every_lora_target():
              "value": "attention/self/value", "attention_output": "attention/output/dense",
              "intermediate": "intermediate/dense", "output": "output/dense"}
     dims = target_dims(cfg)
-    assert set(dims) == set(LORA_TARGETS) == set(where)
+    assert set(dims) == set(LORA_TARGETS) == set(where) | {"pooler"}
     for role, sub in where.items():
         assert kernels[f"bert/encoder/layer/1/{sub}/kernel"].shape == dims[role], role
+    assert kernels["bert/pooler/dense/kernel"].shape == dims["pooler"]
+    assert "pooler" not in target_dims(cfg.replace(model_type="roberta"))  # RoBERTa has none
 
 
 def test_state_nbytes_is_the_size_save_state_writes(tiny_cfg, tmp_path):
