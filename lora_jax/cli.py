@@ -32,7 +32,7 @@ from lora_jax.data import (
     read_tsv,
 )
 from lora_jax.export import export_merged, hf_labels
-from lora_jax.files import RunDirError
+from lora_jax.files import RunDirError, check_output_file
 from lora_jax.lora import LoRAConfig
 from lora_jax.models import COMPUTE_DTYPES, LORA_TARGETS, TARGET_PRESETS, ModelConfig
 from lora_jax.optim import METHODS
@@ -161,7 +161,8 @@ def add_lora_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rslora", action="store_true", help="rank-stabilised LoRA: scale = "
                    "alpha/sqrt(r) instead of alpha/r (Kalajdzievski 2023)")
     p.add_argument("--targets", type=parse_targets, default=TARGET_PRESETS["qv"],
-                   help="layers to adapt: qv, attention, all, or e.g. query,value (default qv)")
+                   help="layers to adapt: qv, attention, all (the six in each block), or names "
+                        f"from {', '.join(LORA_TARGETS)}, e.g. query,value (default qv)")
     p.add_argument("--lora-dropout", type=probability, default=0.0,
                    help="dropout on the LoRA path, in [0, 1)")
     p.add_argument("--adapter-size", type=positive_int, default=64,
@@ -345,6 +346,8 @@ def cmd_export_peft(args) -> int:
 
 
 def cmd_import_peft(args) -> int:
+    reads = {"the PEFT adapter": Path(args.peft_dir)}  # (the base is checked once it is known)
+    check_output_file(args.out, overwrite=args.overwrite, reads=reads)  # before any loading
     imported = import_peft(args.peft_dir, base=args.model)
     out = save_imported(imported, args.out, task=args.task, overwrite=args.overwrite)
     print(json.dumps({"out": str(out), "base": imported.base, "rank": imported.lora.rank,

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from lora_jax.cli import main
@@ -149,3 +150,43 @@ def test_a_diverging_run_exits_1_naming_the_step(tiny_base, tiny_glue, tmp_path,
     assert code == 1 and "Traceback" not in err
     assert err.startswith("lora-jax train: error: loss became nan at step ")
     assert "the last good state (step " in err and "--max-grad-norm" in err
+
+
+def test_rslora_on_the_command_line(tiny_base, tiny_glue, tmp_path, capsys):
+    """--rslora reaches the run's config, the adapter, merge (alpha/sqrt(r)) and info."""
+    from lora_jax import load_pretrained
+    from lora_jax.checkpoint import read_adapter
+    from lora_jax.train import restore
+
+    assert main(["info", "--model", "tiny", "--rank", "4", "--alpha", "8", "--rslora"]) == 0
+    assert json.loads(capsys.readouterr().out)["lora"]["scale"] == 8 / 2  # alpha / sqrt(4)
+    run = tmp_path / "run"
+    code, _, _ = run_cli(["train", "--rslora", "--rank", "4", "--alpha", "8", "--epochs", "1",
+                          "--max-steps", "2", "--batch-size", "16", "--quiet", "--max-length",
+                          "16", "--model", str(tiny_base), "--data-dir", str(tiny_glue),
+                          "--out", str(run)], capsys)
+    assert code == 0
+    assert json.loads((run / "config.json").read_text())["rslora"] is True
+    assert read_adapter(run / "adapter.safetensors")[1]["train_config"]["rslora"] is True
+    assert main(["merge", str(run / "adapter.safetensors"), "--out", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    model, variables, _, _ = restore(run / "adapter.safetensors")
+    assert model.lora.rslora and model.lora.scale == 4.0
+    ids = np.ones((2, 6), np.int32)
+    merged = load_pretrained(tmp_path / "m")
+    np.testing.assert_allclose(merged.model().apply({"params": merged.params}, ids),
+                               model.apply(variables, ids), atol=1e-5)
+    code, _, _ = run_cli(["compare", "--methods", "lora", "--rslora", "--epochs", "1",
+                          "--max-steps", "1", "--batch-size", "16", "--quiet", "--max-length",
+                          "16", "--model", str(tiny_base), "--data-dir", str(tiny_glue),
+                          "--out", str(tmp_path / "cmp")], capsys)
+    assert code == 0
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["config"]["rslora"]
+
+
+def test_info_counts_a_pooler_adapter(capsys):
+    assert main(["info", "--rank", "8", "--targets", "query,value,pooler"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["trainable_params_without_head"] == 6 * 2 * 2 * 384 * 8 + 2 * 384 * 8
+    assert main(["info", "--model", "roberta-base", "--targets", "pooler"]) == 2
+    assert "RoBERTa classifies from its first token" in capsys.readouterr().err

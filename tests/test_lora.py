@@ -43,7 +43,7 @@ def test_untargeted_layer_has_no_adapter():
 
 
 def test_b_is_zero_at_init_so_the_adapted_model_equals_the_base(tiny_cfg):
-    lora = LoRAConfig(rank=4, alpha=16.0, targets=("query", "key", "value", "output"))
+    lora = LoRAConfig(rank=4, alpha=16.0, targets=("query", "key", "value", "output", "pooler"))
     model, variables = init_model(tiny_cfg, lora)
     for path, leaf in flatten(variables["lora"]).items():
         if path.endswith("/b"):
@@ -68,10 +68,13 @@ def test_model_without_lora_collection_is_the_plain_model(tiny_cfg):
     assert not np.allclose(model.apply(variables, *args), plain)  # the adapters do something
 
 
-@pytest.mark.parametrize("rslora", [False, True])
-def test_merged_equals_unmerged_with_alpha_not_equal_r(tiny_cfg, rslora):
-    lora = LoRAConfig(rank=4, alpha=16.0, targets=("query", "value", "intermediate"),
-                      rslora=rslora)
+@pytest.mark.parametrize(("rslora", "targets"), [
+    (False, ("query", "value", "intermediate")),
+    (True, ("query", "value", "intermediate")),
+    (False, ("value", "pooler")),  # BERT's pooler, as PEFT's "dense" recipe adapts it
+])
+def test_merged_equals_unmerged_with_alpha_not_equal_r(tiny_cfg, rslora, targets):
+    lora = LoRAConfig(rank=4, alpha=16.0, targets=targets, rslora=rslora)
     model, variables = init_model(tiny_cfg, lora)
     variables = perturb_b(variables)
     batch = make_batch(tiny_cfg)
@@ -185,3 +188,13 @@ def test_unknown_target_lists_the_valid_names(tiny_cfg):
 def test_rank_larger_than_the_layer_is_rejected(tiny_cfg):
     with pytest.raises(ValueError, match=r"LoRAConfig.rank=40 exceeds min\(d_in, d_out\)=32"):
         init_model(tiny_cfg, LoRAConfig(rank=40))
+
+
+def test_the_pooler_is_a_target_of_bert_only(tiny_cfg):
+    lora = LoRAConfig(rank=2, targets=("pooler",))
+    _, variables = init_model(tiny_cfg, lora)
+    assert sorted(flatten(variables["lora"])) == ["bert/pooler/dense/a", "bert/pooler/dense/b"]
+    assert variables["lora"]["bert"]["pooler"]["dense"]["a"].shape == (tiny_cfg.hidden_size, 2)
+    roberta = tiny_cfg.replace(model_type="roberta", pad_token_id=1)
+    with pytest.raises(ValueError, match="'pooler' is BERT's pooler layer; RoBERTa"):
+        init_model(roberta, lora)

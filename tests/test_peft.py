@@ -168,15 +168,25 @@ def test_exported_minilm_adapter_has_real_peft_keys_and_config(minilm, tmp_path)
             assert value == real[field], field
 
 
-def test_real_peft_adapter_reproduces_peft_logits(minilm):
-    record = json.loads((REAL / "logits.json").read_text())
+# Real PEFT adapters and the LoRAConfig each must import as: r=8 on query and value, and the
+# recipe BERT tutorials copy, target_modules=["query", "key", "value", "dense"], where "dense"
+# also selects the attention output, both feed-forward layers and the pooler.
+REAL_ADAPTERS = {
+    "qv": (REAL, LoRAConfig(rank=8, alpha=16.0, targets=("query", "value"), dropout=0.1)),
+    "dense": (FIXTURES / "peft_minilm_dense", LoRAConfig(rank=2, alpha=8.0, targets=ALL)),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(REAL_ADAPTERS))
+def test_real_peft_adapter_reproduces_peft_logits(recipe, minilm):
+    real, expected = REAL_ADAPTERS[recipe]
+    record = json.loads((real / "logits.json").read_text())
     batch = {k: jnp.asarray(record[k]) for k in ("input_ids", "token_type_ids", "attention_mask")}
     tok = load_tokenizer("minilm")
     ours = pad_batch(tok.encode(record["sentences"]), len(record["input_ids"][0]), tok.pad_id)
     assert ours["input_ids"].tolist() == record["input_ids"]
-    imported = import_peft(REAL, base=minilm)
-    assert imported.lora == LoRAConfig(rank=8, alpha=16.0, targets=("query", "value"),
-                                       dropout=0.1)
+    imported = import_peft(real, base=minilm)
+    assert imported.lora == expected
     model, variables = imported.model(), imported.full_variables()
     logits = np.asarray(model.apply(variables, **batch))
     plain = np.asarray(model.apply({"params": variables["params"]}, **batch))
@@ -185,12 +195,21 @@ def test_real_peft_adapter_reproduces_peft_logits(minilm):
     assert np.abs(logits - plain).max() > 0.1  # the adapter matters, far above the tolerance
 
 
-def test_real_peft_adapter_round_trips_to_identical_peft_tensors(minilm, tmp_path):
-    imported = import_peft(REAL, base=minilm)
+@pytest.mark.parametrize("recipe", sorted(REAL_ADAPTERS))
+def test_real_peft_adapter_round_trips_to_identical_peft_tensors(recipe, minilm, tmp_path):
+    """Back out, PEFT gets its own tensors under its own names, and a target_modules that
+    selects the same modules by its matching rule (so it loads them onto the same layers)."""
+    real_dir = REAL_ADAPTERS[recipe][0]
+    imported = import_peft(real_dir, base=minilm)
     path = save_imported(imported, tmp_path / "imported.safetensors")
     assert read_adapter(path)[1]["task"] is None
     out = export_peft(path, tmp_path / "peft")
-    real, ours = load_file(REAL / "adapter_model.safetensors"), load_file(
+    modules = _dense_modules(minilm.config)
+    peft_config = json.loads((real_dir / "adapter_config.json").read_text())
+    ours_config = json.loads((out / "adapter_config.json").read_text())
+    assert ({m for m in modules if peft_selects(ours_config, m)}
+            == {m for m in modules if peft_selects(peft_config, m)})
+    real, ours = load_file(real_dir / "adapter_model.safetensors"), load_file(
         out / "adapter_model.safetensors")
     assert sorted(real) == sorted(ours)
     for k in real:

