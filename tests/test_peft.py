@@ -385,5 +385,5 @@ def test_cli_export_import_then_eval_and_merge(tiny_base, tiny_glue, tmp_path, c
     capsys.readouterr()
     assert main(["eval", str(notask), "--data-dir", str(tiny_glue)]) == 2
     assert "give --task" in capsys.readouterr().err
-    assert main(["import-peft", str(tmp_path / "nowhere"), "--out", str(notask)]) == 2
+    assert main(["import-peft", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d.st")]) == 2
     assert "nowhere: no such directory" in capsys.readouterr().err
