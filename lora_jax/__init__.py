@@ -4,8 +4,15 @@ The public names below are used by the notebooks and slides; keep them stable.
 """
 
 from lora_jax.data import get_task, load_split
+from lora_jax.export import export_merged
 from lora_jax.lora import LoRAConfig, LoRADense, delta_w, merge, unmerge
-from lora_jax.models import LORA_TARGETS, TARGET_PRESETS, ModelConfig, SequenceClassifier
+from lora_jax.models import (
+    BLOCK_TARGETS,
+    LORA_TARGETS,
+    TARGET_PRESETS,
+    ModelConfig,
+    SequenceClassifier,
+)
 from lora_jax.optim import (
     METHODS,
     count_params,
@@ -35,6 +42,7 @@ from lora_jax.train import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BLOCK_TARGETS",
     "LORA_TARGETS",
     "METHODS",
     "TARGET_PRESETS",
@@ -49,6 +57,7 @@ __all__ = [
     "create_train_state",
     "delta_w",
     "evaluate",
+    "export_merged",
     "fit",
     "get_task",
     "init_variables",
