@@ -22,11 +22,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lora_jax.data import get_task
+from lora_jax.data import Task, get_task
 from lora_jax.files import atomic_write, check_output_dir, read_manifest, write_manifest
 from lora_jax.optim import count_params, tree_bytes
 from lora_jax.pretrained import load_pretrained
-from lora_jax.train import TrainConfig, check_run_dir, fit, train_step
+from lora_jax.train import RunResult, TrainConfig, check_run_dir, fit, train_step
 
 COLUMNS = [  # (key, header, format)
     ("method", "method", "{}"),
@@ -80,6 +80,41 @@ COMPARE_KIND = "comparison"  # the manifest kind of a compare directory
 OUTPUTS = ["compare.json", "compare.md", "compare.png"]
 
 
+def measure(result: RunResult, cfg: TrainConfig, task: Task) -> dict:
+    """One row of the comparison for a finished ``fit``: its scores and what it cost."""
+    state = result.state
+    # measure memory on a batch of the largest bucket (the run's worst case)
+    length = result.info["buckets"][-1]
+    probe = {"input_ids": np.zeros((cfg.batch_size, length), np.int32),
+             "token_type_ids": np.zeros((cfg.batch_size, length), np.int32),
+             "attention_mask": np.ones((cfg.batch_size, length), np.int32),
+             "label": np.zeros(cfg.batch_size, np.float32 if task.is_regression else np.int32),
+             "weight": np.ones(cfg.batch_size, np.float32)}
+    mem = step_memory(state, probe)
+    length_t, median_ms = result.typical_step()
+    return {
+        "method": cfg.method,
+        "best": result.best["eval"][task.primary],
+        "best_epoch": result.best["epoch"],
+        "final": result.final["eval"][task.primary],
+        "eval_best": result.best["eval"],
+        "trainable_params": count_params(state.variables, cfg.method),
+        "trainable_params_without_head": count_params(state.variables, cfg.method,
+                                                      include_head=False),
+        "total_params": count_params(state.variables),
+        "optimizer_state_bytes": tree_bytes(state.opt_state),
+        "step_memory_bytes": mem["peak"],
+        "step_memory": mem,
+        "median_step_ms": median_ms,
+        "step_length": length_t,
+        "median_step_ms_by_length": result.median_step_ms(),
+        "examples_per_s": 1000 * cfg.batch_size / median_ms,
+        "checkpoint_bytes": (result.run_dir / "adapter.safetensors").stat().st_size,
+        "learning_rate": cfg.lr,
+        "real_token_fraction": result.info["real_token_fraction"],
+    }
+
+
 def compare(base: TrainConfig, methods: list[str], out_dir: str | os.PathLike, *,
             data_dir: str | None = None, progress: bool = True, mesh: str | None = None,
             overwrite: bool = False) -> dict:
@@ -102,38 +137,7 @@ def compare(base: TrainConfig, methods: list[str], out_dir: str | os.PathLike, *
         cfg = dataclasses.replace(base, method=method)
         result = fit(cfg, out / method, data_dir=data_dir, pretrained=pre, progress=progress,
                      mesh=mesh, overwrite=overwrite)
-        state = result.state
-        # measure memory on a batch of the largest bucket (the run's worst case)
-        length = result.info["buckets"][-1]
-        probe = {"input_ids": np.zeros((cfg.batch_size, length), np.int32),
-                 "token_type_ids": np.zeros((cfg.batch_size, length), np.int32),
-                 "attention_mask": np.ones((cfg.batch_size, length), np.int32),
-                 "label": np.zeros(cfg.batch_size, np.float32 if task.is_regression
-                                   else np.int32),
-                 "weight": np.ones(cfg.batch_size, np.float32)}
-        mem = step_memory(state, probe)
-        length_t, median_ms = result.typical_step()
-        rows.append({
-            "method": method,
-            "best": result.best["eval"][task.primary],
-            "best_epoch": result.best["epoch"],
-            "final": result.final["eval"][task.primary],
-            "eval_best": result.best["eval"],
-            "trainable_params": count_params(state.variables, method),
-            "trainable_params_without_head": count_params(state.variables, method,
-                                                          include_head=False),
-            "total_params": count_params(state.variables),
-            "optimizer_state_bytes": tree_bytes(state.opt_state),
-            "step_memory_bytes": mem["peak"],
-            "step_memory": mem,
-            "median_step_ms": median_ms,
-            "step_length": length_t,
-            "median_step_ms_by_length": result.median_step_ms(),
-            "examples_per_s": 1000 * cfg.batch_size / median_ms,
-            "checkpoint_bytes": (out / method / "adapter.safetensors").stat().st_size,
-            "learning_rate": cfg.lr,
-            "real_token_fraction": result.info["real_token_fraction"],
-        })
+        rows.append(measure(result, cfg, task))
     report = {"task": task.name, "primary": task.primary, "config": base.to_json(),
               "methods": methods, "rows": rows, "machine": machine_info(),
               "train_examples": result.info["train_examples"],

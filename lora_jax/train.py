@@ -460,8 +460,8 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> list[Path]
 
 def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = None,
         pretrained: Pretrained | None = None, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, stop_after_steps: int | None = None, mesh: str | None = None
-        ) -> RunResult:
+        progress: bool = True, stop_after_steps: int | None = None, mesh: str | None = None,
+        on_epoch: Callable[[dict], object] | None = None) -> RunResult:
     """Train ``cfg.method`` on ``cfg.task``; evaluate after each epoch; write the run directory:
 
     ``config.json``, ``metrics.jsonl`` (one line per step and per evaluation), ``adapter.
@@ -472,7 +472,8 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
     ``stop_after_steps`` stops (with a saved state) after that many steps of this call, as an
     interruption would. ``mesh`` (``"data=N[,model=M]"``, default: every local device on
     ``data``) places the run on a device mesh (``lora_jax.parallel``); it is placement only, so
-    a run may resume on another mesh.
+    a run may resume on another mesh. ``on_epoch(record)`` is called after each epoch's
+    evaluation (``record``: epoch, step, dev scores), once that epoch's state is saved.
 
     What can go wrong is checked before the first step: the config, the run directory (writable,
     with room for two states and the adapter), the data files, the model's shapes. During
@@ -606,6 +607,8 @@ def fit(cfg: TrainConfig, run_dir: str | os.PathLike, *, data_dir: str | None = 
             result.epochs.append(record)
             log.write(json.dumps(record) + "\n")
             saver.save(state, {"epoch": epoch, "batch": 0})
+            if on_epoch is not None:
+                on_epoch(record)
             if progress:
                 bar.write(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             if stop.signum is not None:

@@ -1,0 +1,331 @@
+"""LoRA against full fine-tuning, fairly: learning rates tuned per task and method, epochs to a
+plateau, several seeds, and the paired difference with its 95 % interval.
+
+A **cell** is one ``fit`` of one (task, method, learning rate, seed), dev evaluated after every
+epoch. Each finished cell is kept as ``results/fair/<task>/<method>-lr<lr>-seed<seed>.json``:
+its learning curve (dev scores, wall and CPU seconds at each epoch), best and final epoch, the
+cost (trainable parameters, optimizer state, step memory, examples/s), and the commit it ran
+at. The protocol, per task and method:
+
+1. **grid**: seed 0 at every learning rate of the method's grid (``GRID``);
+2. **choice**: the rate whose seed-0 run has the best best-epoch dev score;
+3. **seeds**: seeds 1, 2, ... at the chosen rate.
+
+``run`` trains the cells that are missing (an interrupted cell resumes from its run directory);
+``report`` writes ``results/fair.json``, ``results/fair.md`` and the figures from whatever
+cells exist, marking what is still missing. Run it from a clone at a fixed commit::
+
+    python benchmarks/fair.py run --tasks rte,mrpc,stsb,cola,sst2 --seeds 0,1,2
+    python benchmarks/fair.py report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from common import RESULTS
+
+from lora_jax.compare import machine_info, measure
+from lora_jax.data import get_task
+from lora_jax.files import atomic_write
+from lora_jax.train import RUN_FILES, TrainConfig, fit
+
+# Learning-rate grids: a decade each around the usual values (the paper's LoRA rates on
+# RoBERTa-base are 4e-4 to 5e-4; full fine-tuning of BERT-sized models is usually 2e-5 to 5e-5).
+GRID = {"lora": (2e-4, 6e-4, 2e-3), "full": (1e-5, 3e-5, 1e-4)}
+EPOCHS = {"rte": 10, "mrpc": 10, "stsb": 10, "cola": 10, "sst2": 5}
+TRAIN_LIMIT = {"sst2": 8_000}  # a seeded subsample, as in benchmarks/glue.py
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228}  # Student's t, 97.5 % quantile, by degrees of freedom
+
+
+def cell_path(root: Path, task: str, method: str, lr: float, seed: int) -> Path:
+    return root / task / f"{method}-lr{lr:g}-seed{seed}.json"
+
+
+def commit() -> str:
+    """The commit the code runs at (``+dirty`` when the tree has changes): kept in each cell."""
+    here = Path(__file__).resolve().parent
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                         text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                           capture_output=True, text=True).stdout.strip()
+    return sha + ("+dirty" if dirty else "")
+
+
+def run_cell(cfg: TrainConfig, run_dir: Path, out: Path, *, data_dir: str | None) -> dict:
+    """Train one cell (resuming its run directory if a previous attempt was cut short) and
+    keep its record at ``out``."""
+    task = get_task(cfg.task)
+    clock = run_dir.with_name(run_dir.name + ".clock.json")  # seconds at each epoch's end,
+    # beside the run directory (fit writes nothing else into it), kept across a resume
+    times = json.loads(clock.read_text()) if clock.is_file() else []
+    resume = (run_dir / "state.safetensors").is_file()
+    offset = (times[-1]["wall_s"], times[-1]["cpu_s"]) if resume and times else (0.0, 0.0)
+    t0, c0 = time.perf_counter(), time.process_time()
+
+    def on_epoch(record: dict) -> None:
+        times.append({"epoch": record["epoch"], "wall_s": offset[0] + time.perf_counter() - t0,
+                      "cpu_s": offset[1] + time.process_time() - c0})
+        text = json.dumps(times)
+        atomic_write(clock, lambda tmp: Path(tmp).write_text(text))
+
+    if not resume:
+        times = []
+        for name in RUN_FILES:  # a cut-short attempt without a state: start it again
+            (run_dir / name).unlink(missing_ok=True)
+    result = fit(cfg, run_dir, data_dir=data_dir, resume=resume, progress=False,
+                 on_epoch=on_epoch)
+    at = {t["epoch"]: t for t in times}
+    curve = [{"epoch": r["epoch"], "step": r["step"], "score": r["eval"][task.primary],
+              "eval": r["eval"], **{k: at.get(r["epoch"], {}).get(k) for k in ("wall_s", "cpu_s")}}
+             for r in result.epochs]
+    best = max(curve, key=lambda r: r["score"])
+    row = measure(result, cfg, task)
+    record = {
+        "task": task.name, "method": cfg.method, "lr": cfg.lr, "seed": cfg.seed,
+        "primary": task.primary, "curve": curve, "best": best, "final": curve[-1],
+        "cost": {k: row[k] for k in ("trainable_params", "trainable_params_without_head",
+                                     "optimizer_state_bytes", "step_memory_bytes",
+                                     "median_step_ms", "step_length", "examples_per_s")},
+        "train_examples": result.info["train_examples"],
+        "dev_examples": result.info["dev_examples"], "config": cfg.to_json(),
+        "resumed": resume, "commit": commit(), "machine": machine_info(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    return record
+
+
+def load_cells(root: Path) -> dict[tuple, dict]:
+    """Every kept cell: (task, method, lr, seed) -> record."""
+    cells = {}
+    for p in sorted(root.glob("*/*.json")):
+        r = json.loads(p.read_text())
+        cells[(r["task"], r["method"], r["lr"], r["seed"])] = r
+    return cells
+
+
+def chosen_lr(cells: dict, task: str, method: str, grid: tuple[float, ...]) -> float | None:
+    """The grid rate with the best seed-0 best-epoch score; None until the grid is complete."""
+    runs = [cells.get((task, method, lr, 0)) for lr in grid]
+    if any(r is None for r in runs):
+        return None
+    return max(zip(grid, runs, strict=True), key=lambda x: x[1]["best"]["score"])[0]
+
+
+def plan(cells: dict, tasks, methods, seeds, grid: dict) -> list[tuple]:
+    """The cells still to train, in order: each task's grids first, then its seeds."""
+    todo = []
+    for task in tasks:
+        for method in methods:
+            todo += [(task, method, lr, 0) for lr in grid[method]
+                     if (task, method, lr, 0) not in cells]
+        for method in methods:
+            lr = chosen_lr(cells, task, method, grid[method])
+            if lr is not None:
+                todo += [(task, method, lr, s) for s in seeds
+                         if s != 0 and (task, method, lr, s) not in cells]
+    return todo
+
+
+def base_config(task: str, method: str, lr: float, seed: int, epochs: dict, **extra
+                ) -> TrainConfig:
+    return TrainConfig(task=task, method=method, learning_rate=lr, seed=seed,
+                       epochs=epochs[task], train_limit=TRAIN_LIMIT.get(task), rank=8,
+                       alpha=16.0, targets=("query", "value"), **extra)
+
+
+def run(tasks, methods, seeds, *, root: Path, runs: Path, data_dir=None, grid=GRID,
+        epochs=EPOCHS, limit: int | None = None, **extra) -> list[dict]:
+    """Train up to ``limit`` missing cells (re-planning after each, since a finished grid makes
+    its seeds due); returns their records."""
+    done = []
+    while limit is None or len(done) < limit:
+        cells = load_cells(root)
+        todo = plan(cells, tasks, methods, seeds, grid)
+        if not todo:
+            break
+        task, method, lr, seed = todo[0]
+        cfg = base_config(task, method, lr, seed, epochs, **extra)
+        run_dir = runs / task / f"{method}-lr{lr:g}-seed{seed}"
+        print(f"cell {task} {method} lr={lr:g} seed={seed}", flush=True)
+        record = run_cell(cfg, run_dir, cell_path(root, task, method, lr, seed),
+                          data_dir=data_dir)
+        print(f"  best {record['best']['score']:.4f} at epoch {record['best']['epoch']}, "
+              f"final {record['final']['score']:.4f}, {record['curve'][-1]['wall_s']:.0f} s",
+              flush=True)
+        done.append(record)
+    return done
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def mean_sd(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan"))
+
+
+def paired(diffs: list[float]) -> dict:
+    """Mean of the per-seed differences and its 95 % t-interval (n >= 2)."""
+    n = len(diffs)
+    m, sd = mean_sd(diffs)
+    if n < 2:
+        return {"n": n, "mean": m, "low": float("nan"), "high": float("nan"), "noise": None}
+    half = T975[n - 1] * sd / math.sqrt(n)
+    return {"n": n, "mean": m, "low": m - half, "high": m + half,
+            "noise": m - half <= 0 <= m + half}
+
+
+def summarize(cells: dict, tasks, methods, grid=GRID) -> dict:
+    """Per task: the grid with its choice, per method the seeds at the chosen rate (best and
+    final epoch, mean and sd, cost), and LoRA minus full per seed with its interval."""
+    out = {}
+    for task in tasks:
+        entry = {"methods": {}}
+        for method in methods:
+            grid_scores = {f"{lr:g}": cells[(task, method, lr, 0)]["best"]["score"]
+                           for lr in grid[method] if (task, method, lr, 0) in cells}
+            lr = chosen_lr(cells, task, method, grid[method])
+            runs = ({s: r for (t, m, x, s), r in cells.items() if (t, m, x) == (task, method, lr)}
+                    if lr is not None else {})
+            m = {"grid": grid_scores, "lr": lr, "seeds": sorted(runs)}
+            if runs:
+                best = [runs[s]["best"]["score"] for s in sorted(runs)]
+                final = [runs[s]["final"]["score"] for s in sorted(runs)]
+                m.update(best=mean_sd(best), final=mean_sd(final),
+                         best_epoch=[runs[s]["best"]["epoch"] for s in sorted(runs)],
+                         wall_s_to_best=statistics.median(runs[s]["best"]["wall_s"]
+                                                          for s in runs),
+                         cpu_s_to_best=statistics.median(runs[s]["best"]["cpu_s"]
+                                                         for s in runs),
+                         cost=runs[min(runs)]["cost"], by_seed={s: runs[s]["best"]["score"]
+                                                                for s in sorted(runs)})
+            entry["methods"][method] = m
+        ms = entry["methods"]
+        if {"lora", "full"} <= set(ms) and ms["lora"].get("by_seed") and ms["full"].get("by_seed"):
+            common = sorted(set(ms["lora"]["by_seed"]) & set(ms["full"]["by_seed"]))
+            entry["lora_minus_full"] = paired([ms["lora"]["by_seed"][s] - ms["full"]["by_seed"][s]
+                                               for s in common])
+        out[task] = entry
+    return out
+
+
+def markdown(summary: dict, methods) -> str:
+    lines = ["| task | method | grid: seed-0 best score by lr | chosen lr | seeds "
+             "| best (mean ± sd) | final (mean ± sd) | best epochs | CPU s to best "
+             "| trainable (w/o head) | optimizer state | examples/s |", "|" + "---|" * 12]
+    for task, entry in summary.items():
+        for method in methods:
+            m = entry["methods"].get(method, {})
+            grid = ", ".join(f"{k}: {100 * v:.1f}" for k, v in m.get("grid", {}).items()) or "-"
+            if "best" not in m:
+                lines.append(f"| {task} | {method} | {grid} | {m.get('lr') or 'grid incomplete'} "
+                             "| - | - | - | - | - | - | - | - |")
+                continue
+            c = m["cost"]
+            lines.append(
+                f"| {task} | {method} | {grid} | {m['lr']:g} | {len(m['seeds'])} | "
+                f"{100 * m['best'][0]:.1f} ± {100 * m['best'][1]:.1f} | "
+                f"{100 * m['final'][0]:.1f} ± {100 * m['final'][1]:.1f} | "
+                f"{', '.join(map(str, m['best_epoch']))} | {m['cpu_s_to_best']:.0f} | "
+                f"{c['trainable_params']:,} ({c['trainable_params_without_head']:,}) | "
+                f"{c['optimizer_state_bytes'] / 1e6:.1f} MB | {c['examples_per_s']:.0f} |")
+    lines += ["", "| task | LoRA − full, per seed (mean) | 95 % interval | within seed noise? |",
+              "|---|---|---|---|"]
+    for task, entry in summary.items():
+        d = entry.get("lora_minus_full")
+        if d is None:
+            lines.append(f"| {task} | - | - | not yet measured |")
+        elif d["n"] < 2:
+            lines.append(f"| {task} | {100 * d['mean']:+.1f} (1 seed) | - | needs 2+ seeds |")
+        else:
+            lines.append(f"| {task} | {100 * d['mean']:+.1f} ({d['n']} seeds) | "
+                         f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | "
+                         f"{'yes' if d['noise'] else 'no'} |")
+    return "\n".join(lines) + (
+        "\n\nDev scores x100 (the task's main metric), all-MiniLM-L6-v2, batch 32, LoRA r = 8 "
+        "on query,value (alpha 16); the rate is chosen on seed 0 by best-epoch score; CPU "
+        "seconds are the process's (all threads) to the best epoch, median over seeds.\n")
+
+
+def plot(cells: dict, summary: dict, path: Path) -> None:
+    """Learning curves per task (dev score against epoch and against CPU seconds) for the
+    chosen rates, mean over seeds with the range shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = [t for t, e in summary.items() if any("best" in m for m in e["methods"].values())]
+    if not tasks:
+        return
+    fig, axes = plt.subplots(2, len(tasks), figsize=(3.6 * len(tasks), 5.6), squeeze=False)
+    for j, task in enumerate(tasks):
+        for method, m in summary[task]["methods"].items():
+            if "best" not in m:
+                continue
+            runs = [cells[(task, method, m["lr"], s)] for s in m["seeds"]]
+            n = min(len(r["curve"]) for r in runs)
+            score = np.array([[c["score"] for c in r["curve"][:n]] for r in runs]) * 100
+            cpu = np.array([[c["cpu_s"] or np.nan for c in r["curve"][:n]] for r in runs])
+            ep = np.arange(1, n + 1)
+            for ax, x in ((axes[0, j], ep), (axes[1, j], np.nanmedian(cpu, 0))):
+                ax.plot(x, score.mean(0), marker="o", ms=3, label=f"{method} lr {m['lr']:g}")
+                ax.fill_between(x, score.min(0), score.max(0), alpha=0.25)
+        axes[0, j].set_title(f"{task} ({len(runs)} seed(s))")
+        axes[0, j].set_xlabel("epoch")
+        axes[1, j].set_xlabel("CPU seconds")
+        axes[0, j].legend(fontsize=7)
+    axes[0, 0].set_ylabel("dev score x100")
+    axes[1, 0].set_ylabel("dev score x100")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def report(tasks, methods, *, root: Path, out: Path, grid=GRID) -> dict:
+    cells = load_cells(root)
+    summary = summarize(cells, tasks, methods, grid)
+    record = {"protocol": {"grid": {k: list(v) for k, v in grid.items()}, "epochs": EPOCHS,
+                           "train_limit": TRAIN_LIMIT, "chosen_on": "seed 0, best epoch"},
+              "commits": sorted({c["commit"] for c in cells.values()}), "tasks": summary}
+    atomic_write(out / "fair.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    md = markdown(summary, methods)
+    atomic_write(out / "fair.md", lambda tmp: Path(tmp).write_text(md))
+    plot(cells, summary, out / "figures" / "fair_curves.png")
+    return record
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("action", choices=("run", "report"))
+    p.add_argument("--tasks", default="rte,mrpc,stsb,cola,sst2")
+    p.add_argument("--methods", default="lora,full")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--limit", type=int, help="train at most this many cells, then stop")
+    p.add_argument("--runs", default="runs/fair", help="run directories (resumable)")
+    p.add_argument("--data-dir")
+    args = p.parse_args()
+    tasks, methods = args.tasks.split(","), args.methods.split(",")
+    if args.action == "run":
+        seeds = [int(s) for s in args.seeds.split(",")]
+        run(tasks, methods, seeds, root=RESULTS / "fair", runs=Path(args.runs),
+            data_dir=args.data_dir, limit=args.limit)
+    else:
+        print(markdown(report(tasks, methods, root=RESULTS / "fair", out=RESULTS)["tasks"],
+                       methods))
+
+
+if __name__ == "__main__":
+    main()

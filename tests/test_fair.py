@@ -1,0 +1,87 @@
+"""The fair-comparison protocol (``benchmarks/fair.py``) on the tiny model: the grid comes
+first, the rate is chosen on seed 0, seeds follow at that rate, finished cells are never
+trained again, an interrupted cell resumes, and the paired interval is Student's t."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import fair  # noqa: E402
+
+GRID = {"lora": (1e-3, 3e-3), "full": (1e-4,)}
+EPOCHS = {"sst2": 2}
+
+
+def tiny_run(tmp, tiny_base, tiny_glue, **kw):
+    return fair.run(["sst2"], ["lora", "full"], [0, 1], root=tmp / "results",
+                    runs=tmp / "runs", data_dir=str(tiny_glue), grid=GRID, epochs=EPOCHS,
+                    model=str(tiny_base), batch_size=16, max_length=16, **kw)
+
+
+@pytest.mark.slow
+def test_protocol_grid_then_seeds_at_the_chosen_rate(tiny_base, tiny_glue, tmp_path):
+    done = tiny_run(tmp_path, tiny_base, tiny_glue)
+    keys = [(r["method"], r["lr"], r["seed"]) for r in done]
+    cells = fair.load_cells(tmp_path / "results")
+    lora_lr = fair.chosen_lr(cells, "sst2", "lora", GRID["lora"])
+    assert keys == [("lora", 1e-3, 0), ("lora", 3e-3, 0), ("full", 1e-4, 0),
+                    ("lora", lora_lr, 1), ("full", 1e-4, 1)]
+    best = {lr: cells[("sst2", "lora", lr, 0)]["best"]["score"] for lr in GRID["lora"]}
+    assert best[lora_lr] == max(best.values())
+    record = cells[("sst2", "lora", lora_lr, 1)]
+    assert [c["epoch"] for c in record["curve"]] == [1, 2]
+    assert 0 < record["curve"][0]["wall_s"] < record["curve"][1]["wall_s"]
+    assert record["cost"]["trainable_params_without_head"] == 2 * 2 * 2 * 32 * 8
+    assert record["commit"] and record["config"]["learning_rate"] == lora_lr
+    assert tiny_run(tmp_path, tiny_base, tiny_glue) == []  # everything kept: nothing to train
+
+    summary = fair.report(["sst2"], ["lora", "full"], root=tmp_path / "results",
+                          out=tmp_path, grid=GRID)["tasks"]["sst2"]
+    diffs = [cells[("sst2", "lora", lora_lr, s)]["best"]["score"]
+             - cells[("sst2", "full", 1e-4, s)]["best"]["score"] for s in (0, 1)]
+    d = summary["lora_minus_full"]
+    assert d["n"] == 2 and math.isclose(d["mean"], sum(diffs) / 2)
+    half = 12.706 * abs(diffs[0] - diffs[1]) / math.sqrt(2) / math.sqrt(2)  # t(1) * sd / sqrt(n)
+    assert math.isclose(d["high"] - d["mean"], half, rel_tol=1e-9, abs_tol=1e-12)
+    md = (tmp_path / "fair.md").read_text()
+    assert "| sst2 | lora |" in md and "95 % interval" in md
+    assert (tmp_path / "figures" / "fair_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "fair.json").read_text())["tasks"]["sst2"]["methods"]["lora"][
+        "lr"] == lora_lr
+
+
+@pytest.mark.slow
+def test_an_interrupted_cell_resumes_its_run(tiny_base, tiny_glue, tmp_path, monkeypatch):
+    calls = []
+    real_fit = fair.fit
+
+    def cut_short(cfg, run_dir, **kw):  # the first attempt dies after its first epoch
+        calls.append(kw["resume"])
+        if len(calls) == 1:
+            def die(record):
+                kw["on_epoch"](record)
+                raise KeyboardInterrupt
+            return real_fit(cfg, run_dir, **{**kw, "on_epoch": die})
+        return real_fit(cfg, run_dir, **kw)
+
+    monkeypatch.setattr(fair, "fit", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(tmp_path, tiny_base, tiny_glue, limit=1)
+    assert fair.load_cells(tmp_path / "results") == {}  # no record of an unfinished cell
+    (record,) = tiny_run(tmp_path, tiny_base, tiny_glue, limit=1)
+    assert calls == [False, True] and record["resumed"]
+    assert [c["epoch"] for c in record["curve"]] == [1, 2]
+    assert record["curve"][0]["wall_s"] < record["curve"][1]["wall_s"]  # clock kept across
+
+
+def test_paired_interval_and_noise_verdict():
+    d = fair.paired([0.01, 0.03, 0.02])
+    assert math.isclose(d["mean"], 0.02)
+    assert math.isclose(d["high"] - d["mean"], 4.303 * 0.01 / math.sqrt(3))
+    assert d["noise"] is True  # [-0.005, 0.045] holds 0: three seeds cannot tell
+    assert fair.paired([0.05, 0.06, 0.055])["noise"] is False  # [0.043, 0.067]
+    assert fair.paired([0.01])["noise"] is None  # one seed: no interval
