@@ -497,9 +497,10 @@ def save_imported(imported: PeftImport, path: str | os.PathLike, *, task: str | 
         if t.num_labels != n:
             raise ValueError(f"task {t.name} needs {t.num_labels} outputs, the PEFT adapter's "
                              f"head in {imported.source} has {n}")
-        task, labels = t.name, list(t.labels or [])
+        task, labels, names = t.name, list(t.labels or []), list(t.label_names)
     else:
         labels = [] if n == 1 else [f"LABEL_{i}" for i in range(n)]
+        names = [f"LABEL_{i}" for i in range(n)]
     lora = imported.lora
     train_config = {"method": "lora", "model": imported.base, "rank": lora.rank,
                     "alpha": lora.alpha, "targets": list(lora.targets),
@@ -507,7 +508,7 @@ def save_imported(imported: PeftImport, path: str | os.PathLike, *, task: str | 
     if task is not None:
         train_config["task"] = task
     meta = {
-        "task": task, "labels": labels, "base_model": imported.base,
+        "task": task, "labels": labels, "label_names": names, "base_model": imported.base,
         "base_fingerprint": imported.pretrained.fingerprint,
         "model_config": asdict(imported.pretrained.config), "train_config": train_config,
         "imported_from": {"format": "peft", "path": str(imported.source),

@@ -85,3 +85,16 @@ def test_paired_interval_and_noise_verdict():
     assert d["noise"] is True  # [-0.005, 0.045] holds 0: three seeds cannot tell
     assert fair.paired([0.05, 0.06, 0.055])["noise"] is False  # [0.043, 0.067]
     assert fair.paired([0.01])["noise"] is None  # one seed: no interval
+
+
+def test_committed_fair_tables_match_the_committed_cells():
+    """results/fair.md is what the report makes of results/fair/ (no hand-edited numbers)."""
+    root = fair.RESULTS / "fair"
+    if not root.is_dir():
+        pytest.skip("no fair-comparison cells committed yet")
+    record = json.loads((fair.RESULTS / "fair.json").read_text())
+    tasks = list(record["tasks"])
+    methods = list(next(iter(record["tasks"].values()))["methods"])
+    summary = fair.summarize(fair.load_cells(root), tasks, methods)
+    assert (fair.RESULTS / "fair.md").read_text() == fair.markdown(summary, methods)
+    assert (fair.RESULTS / "figures" / "fair_curves.png").is_file()

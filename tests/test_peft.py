@@ -378,6 +378,8 @@ def test_cli_export_import_then_eval_and_merge(tiny_base, tiny_glue, tmp_path, c
     assert json.loads(capsys.readouterr().out)["examples"] == 32  # (its tensors: bit-exact)
     assert main(["merge", str(back), "--out", str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "model.safetensors").is_file()
+    hf = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert hf["id2label"] == {"0": "negative", "1": "positive"}  # --task sst2 at import
     capsys.readouterr()
     notask = tmp_path / "c.safetensors"
     assert main(["import-peft", str(tmp_path / "peft"), "--out", str(notask), "--model",
