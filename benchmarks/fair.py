@@ -257,33 +257,46 @@ def markdown(summary: dict, methods) -> str:
 
 
 def plot(cells: dict, summary: dict, path: Path) -> None:
-    """Learning curves per task (dev score against epoch and against CPU seconds) for the
-    chosen rates, mean over seeds with the range shaded."""
+    """Learning curves per task, dev score against epoch (top) and against CPU seconds
+    (bottom): thin lines for every seed-0 run of the grid, and for each method's chosen rate
+    the mean over seeds with their range shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    tasks = [t for t, e in summary.items() if any("best" in m for m in e["methods"].values())]
+    tasks = [t for t in summary if any(k[0] == t for k in cells)]
     if not tasks:
         return
-    fig, axes = plt.subplots(2, len(tasks), figsize=(3.6 * len(tasks), 5.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 6), squeeze=False)
+    colors = {"lora": "tab:blue", "full": "tab:orange"}
     for j, task in enumerate(tasks):
+        for (t, method, lr, seed), r in sorted(cells.items()):
+            if t != task or seed != 0:
+                continue
+            x = [c["epoch"] for c in r["curve"]]
+            y = [100 * c["score"] for c in r["curve"]]
+            cpu = [c["cpu_s"] for c in r["curve"]]
+            for ax, xs in ((axes[0, j], x), (axes[1, j], cpu)):
+                ax.plot(xs, y, lw=0.8, alpha=0.5, color=colors.get(method),
+                        label=f"{method} lr {lr:g} (seed 0)" if ax is axes[0, j] else None)
         for method, m in summary[task]["methods"].items():
-            if "best" not in m:
+            if "best" not in m or len(m["seeds"]) < 2:
                 continue
             runs = [cells[(task, method, m["lr"], s)] for s in m["seeds"]]
             n = min(len(r["curve"]) for r in runs)
             score = np.array([[c["score"] for c in r["curve"][:n]] for r in runs]) * 100
-            cpu = np.array([[c["cpu_s"] or np.nan for c in r["curve"][:n]] for r in runs])
-            ep = np.arange(1, n + 1)
-            for ax, x in ((axes[0, j], ep), (axes[1, j], np.nanmedian(cpu, 0))):
-                ax.plot(x, score.mean(0), marker="o", ms=3, label=f"{method} lr {m['lr']:g}")
-                ax.fill_between(x, score.min(0), score.max(0), alpha=0.25)
-        axes[0, j].set_title(f"{task} ({len(runs)} seed(s))")
+            cpu = np.median([[c["cpu_s"] for c in r["curve"][:n]] for r in runs], 0)
+            for ax, xs in ((axes[0, j], np.arange(1, n + 1)), (axes[1, j], cpu)):
+                ax.plot(xs, score.mean(0), lw=2, color=colors.get(method),
+                        label=(f"{method} lr {m['lr']:g}, {len(runs)} seeds"
+                               if ax is axes[0, j] else None))
+                ax.fill_between(xs, score.min(0), score.max(0), alpha=0.2,
+                                color=colors.get(method))
+        axes[0, j].set_title(task)
         axes[0, j].set_xlabel("epoch")
-        axes[1, j].set_xlabel("CPU seconds")
+        axes[1, j].set_xlabel("CPU seconds (all threads)")
         axes[0, j].legend(fontsize=7)
     axes[0, 0].set_ylabel("dev score x100")
     axes[1, 0].set_ylabel("dev score x100")
