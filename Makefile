@@ -6,7 +6,10 @@ STAMP  := $(VENV)/.installed
 
 # make demo: full fine-tuning vs LoRA on an 8,000-example SST-2 subsample, 2 epochs (~6 min on
 # 2 CPU cores). GLUE comes from $$LORA_JAX_GLUE_DIR when set, else it is downloaded once.
-DEMO_FLAGS ?= --task sst2 --methods full,lora --train-limit 8000 --epochs 2 --out runs/demo
+# --overwrite: runs/demo belongs to the demo, so a second `make demo` redoes it (compare still
+# refuses a runs/demo that it did not write).
+DEMO_FLAGS ?= --task sst2 --methods full,lora --train-limit 8000 --epochs 2 --out runs/demo \
+              --overwrite
 
 # The GLUE files: $$LORA_JAX_GLUE_DIR when set, else the project's offline copy beside the
 # checkout when there is one, else the library downloads the official archives once.
