@@ -7,7 +7,9 @@ its learning curve (dev scores, wall and CPU seconds at each epoch), best and fi
 cost (trainable parameters, optimizer state, step memory, examples/s), and the commit it ran
 at. The protocol, per task and method:
 
-1. **grid**: seed 0 at every learning rate of the method's grid (``GRID``);
+1. **grid**: seed 0 at every learning rate of the method's grid (``GRID``), and, when the best
+   of them is at an end of the grid, at one rate beyond that end (``EXTEND``): a best rate at
+   the edge of the range tried says the optimum may lie outside it;
 2. **choice**: the rate whose seed-0 run has the best best-epoch dev score;
 3. **seeds**: seeds 1, 2, ... at the chosen rate.
 
@@ -39,6 +41,7 @@ from lora_jax.train import RUN_FILES, TrainConfig, fit
 # Learning-rate grids: a decade each around the usual values (the paper's LoRA rates on
 # RoBERTa-base are 4e-4 to 5e-4; full fine-tuning of BERT-sized models is usually 2e-5 to 5e-5).
 GRID = {"lora": (2e-4, 6e-4, 2e-3), "full": (1e-5, 3e-5, 1e-4)}
+EXTEND = {"lora": (6e-5, 6e-3), "full": (3e-6, 3e-4)}  # one step below / above the grid
 EPOCHS = {"rte": 10, "mrpc": 10, "stsb": 10, "cola": 10, "sst2": 5}
 TRAIN_LIMIT = {"sst2": 8_000}  # a seeded subsample, as in benchmarks/glue.py
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -113,23 +116,49 @@ def load_cells(root: Path) -> dict[tuple, dict]:
     return cells
 
 
-def chosen_lr(cells: dict, task: str, method: str, grid: tuple[float, ...]) -> float | None:
-    """The grid rate with the best seed-0 best-epoch score; None until the grid is complete."""
-    runs = [cells.get((task, method, lr, 0)) for lr in grid]
-    if any(r is None for r in runs):
+def next_rate(cells: dict, task: str, method: str, grid: tuple[float, ...],
+              extend: tuple[float, float] | None) -> float | None:
+    """The seed-0 rate still to run for (task, method), or None when the search is done: each
+    grid rate first; then the step beyond the end of the grid where the best of them lies."""
+    missing = [lr for lr in grid if (task, method, lr, 0) not in cells]
+    if missing:
+        return missing[0]
+    best = max(grid, key=lambda lr: cells[(task, method, lr, 0)]["best"]["score"])
+    if extend is not None:
+        beyond = {grid[0]: extend[0], grid[-1]: extend[1]}.get(best)
+        if beyond is not None and (task, method, beyond, 0) not in cells:
+            return beyond
+    return None
+
+
+def tried(cells: dict, task: str, method: str, grid: tuple[float, ...],
+          extend: tuple[float, float] | None) -> list[float]:
+    """The seed-0 rates run so far for (task, method), in increasing order."""
+    rates = set(grid) | set(extend or ())
+    return sorted(lr for lr in rates if (task, method, lr, 0) in cells)
+
+
+def chosen_lr(cells: dict, task: str, method: str, grid: tuple[float, ...],
+              extend: tuple[float, float] | None = None) -> float | None:
+    """The tried rate with the best seed-0 best-epoch score; None until the search is done."""
+    if next_rate(cells, task, method, grid, extend) is not None:
         return None
-    return max(zip(grid, runs, strict=True), key=lambda x: x[1]["best"]["score"])[0]
+    return max(tried(cells, task, method, grid, extend),
+               key=lambda lr: cells[(task, method, lr, 0)]["best"]["score"])
 
 
-def plan(cells: dict, tasks, methods, seeds, grid: dict) -> list[tuple]:
-    """The cells still to train, in order: each task's grids first, then its seeds."""
+def plan(cells: dict, tasks, methods, seeds, grid: dict, extend: dict | None = None
+         ) -> list[tuple]:
+    """The cells due now, in order: each task's learning-rate searches first, then its seeds
+    at the chosen rates (a rate beyond the grid becomes due once the grid is complete)."""
+    extend = EXTEND if extend is None else extend
     todo = []
     for task in tasks:
         for method in methods:
-            todo += [(task, method, lr, 0) for lr in grid[method]
-                     if (task, method, lr, 0) not in cells]
+            lr = next_rate(cells, task, method, grid[method], extend.get(method))
+            todo += [(task, method, lr, 0)] if lr is not None else []
         for method in methods:
-            lr = chosen_lr(cells, task, method, grid[method])
+            lr = chosen_lr(cells, task, method, grid[method], extend.get(method))
             if lr is not None:
                 todo += [(task, method, lr, s) for s in seeds
                          if s != 0 and (task, method, lr, s) not in cells]
@@ -144,13 +173,13 @@ def base_config(task: str, method: str, lr: float, seed: int, epochs: dict, **ex
 
 
 def run(tasks, methods, seeds, *, root: Path, runs: Path, data_dir=None, grid=GRID,
-        epochs=EPOCHS, limit: int | None = None, **extra) -> list[dict]:
+        extend=EXTEND, epochs=EPOCHS, limit: int | None = None, **extra) -> list[dict]:
     """Train up to ``limit`` missing cells (re-planning after each, since a finished grid makes
     its seeds due); returns their records."""
     done = []
     while limit is None or len(done) < limit:
         cells = load_cells(root)
-        todo = plan(cells, tasks, methods, seeds, grid)
+        todo = plan(cells, tasks, methods, seeds, grid, extend)
         if not todo:
             break
         task, method, lr, seed = todo[0]
@@ -184,16 +213,17 @@ def paired(diffs: list[float]) -> dict:
             "noise": m - half <= 0 <= m + half}
 
 
-def summarize(cells: dict, tasks, methods, grid=GRID) -> dict:
+def summarize(cells: dict, tasks, methods, grid=GRID, extend=EXTEND) -> dict:
     """Per task: the grid with its choice, per method the seeds at the chosen rate (best and
     final epoch, mean and sd, cost), and LoRA minus full per seed with its interval."""
     out = {}
     for task in tasks:
         entry = {"methods": {}}
         for method in methods:
+            ext = extend.get(method)
             grid_scores = {f"{lr:g}": cells[(task, method, lr, 0)]["best"]["score"]
-                           for lr in grid[method] if (task, method, lr, 0) in cells}
-            lr = chosen_lr(cells, task, method, grid[method])
+                           for lr in tried(cells, task, method, grid[method], ext)}
+            lr = chosen_lr(cells, task, method, grid[method], ext)
             runs = ({s: r for (t, m, x, s), r in cells.items() if (t, m, x) == (task, method, lr)}
                     if lr is not None else {})
             m = {"grid": grid_scores, "lr": lr, "seeds": sorted(runs)}
@@ -306,10 +336,11 @@ def plot(cells: dict, summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def report(tasks, methods, *, root: Path, out: Path, grid=GRID) -> dict:
+def report(tasks, methods, *, root: Path, out: Path, grid=GRID, extend=EXTEND) -> dict:
     cells = load_cells(root)
-    summary = summarize(cells, tasks, methods, grid)
-    record = {"protocol": {"grid": {k: list(v) for k, v in grid.items()}, "epochs": EPOCHS,
+    summary = summarize(cells, tasks, methods, grid, extend)
+    record = {"protocol": {"grid": {k: list(v) for k, v in grid.items()},
+                           "extend": {k: list(v) for k, v in extend.items()}, "epochs": EPOCHS,
                            "train_limit": TRAIN_LIMIT, "chosen_on": "seed 0, best epoch"},
               "commits": sorted({c["commit"] for c in cells.values()}), "tasks": summary}
     atomic_write(out / "fair.json",

@@ -13,12 +13,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import fair  # noqa: E402
 
 GRID = {"lora": (1e-3, 3e-3), "full": (1e-4,)}
+EXTEND = {}  # (the search past the grid's ends: test_the_search_steps_past_a_winning_edge)
 EPOCHS = {"sst2": 2}
 
 
 def tiny_run(tmp, tiny_base, tiny_glue, **kw):
     return fair.run(["sst2"], ["lora", "full"], [0, 1], root=tmp / "results",
-                    runs=tmp / "runs", data_dir=str(tiny_glue), grid=GRID, epochs=EPOCHS,
+                    runs=tmp / "runs", data_dir=str(tiny_glue), grid=GRID, extend=EXTEND,
+                    epochs=EPOCHS,
                     model=str(tiny_base), batch_size=16, max_length=16, **kw)
 
 
@@ -27,7 +29,7 @@ def test_protocol_grid_then_seeds_at_the_chosen_rate(tiny_base, tiny_glue, tmp_p
     done = tiny_run(tmp_path, tiny_base, tiny_glue)
     keys = [(r["method"], r["lr"], r["seed"]) for r in done]
     cells = fair.load_cells(tmp_path / "results")
-    lora_lr = fair.chosen_lr(cells, "sst2", "lora", GRID["lora"])
+    lora_lr = fair.chosen_lr(cells, "sst2", "lora", GRID["lora"], None)
     assert keys == [("lora", 1e-3, 0), ("lora", 3e-3, 0), ("full", 1e-4, 0),
                     ("lora", lora_lr, 1), ("full", 1e-4, 1)]
     best = {lr: cells[("sst2", "lora", lr, 0)]["best"]["score"] for lr in GRID["lora"]}
@@ -40,7 +42,7 @@ def test_protocol_grid_then_seeds_at_the_chosen_rate(tiny_base, tiny_glue, tmp_p
     assert tiny_run(tmp_path, tiny_base, tiny_glue) == []  # everything kept: nothing to train
 
     summary = fair.report(["sst2"], ["lora", "full"], root=tmp_path / "results",
-                          out=tmp_path, grid=GRID)["tasks"]["sst2"]
+                          out=tmp_path, grid=GRID, extend=EXTEND)["tasks"]["sst2"]
     diffs = [cells[("sst2", "lora", lora_lr, s)]["best"]["score"]
              - cells[("sst2", "full", 1e-4, s)]["best"]["score"] for s in (0, 1)]
     d = summary["lora_minus_full"]
@@ -98,3 +100,28 @@ def test_committed_fair_tables_match_the_committed_cells():
     summary = fair.summarize(fair.load_cells(root), tasks, methods)
     assert (fair.RESULTS / "fair.md").read_text() == fair.markdown(summary, methods)
     assert (fair.RESULTS / "figures" / "fair_curves.png").is_file()
+
+
+def test_the_search_steps_past_a_winning_edge():
+    """A best rate at an end of the grid makes the rate one step beyond it due; the choice is
+    then the best of all tried, and seeds wait for it."""
+    def cell(score):
+        return {"best": {"score": score}}
+
+    grid, ext = (1e-4, 3e-4, 1e-3), (3e-5, 3e-3)
+    cells = {("rte", "lora", 1e-4, 0): cell(0.60), ("rte", "lora", 3e-4, 0): cell(0.58)}
+    assert fair.next_rate(cells, "rte", "lora", grid, ext) == 1e-3  # the grid first
+    cells[("rte", "lora", 1e-3, 0)] = cell(0.55)
+    assert fair.next_rate(cells, "rte", "lora", grid, ext) == 3e-5  # best at the low edge
+    assert fair.chosen_lr(cells, "rte", "lora", grid, ext) is None
+    assert fair.plan(cells, ["rte"], ["lora"], [0, 1], {"lora": grid}, {"lora": ext}) == [
+        ("rte", "lora", 3e-5, 0)]
+    cells[("rte", "lora", 3e-5, 0)] = cell(0.59)
+    assert fair.next_rate(cells, "rte", "lora", grid, ext) is None  # one step only
+    assert fair.chosen_lr(cells, "rte", "lora", grid, ext) == 1e-4
+    assert fair.tried(cells, "rte", "lora", grid, ext) == [3e-5, 1e-4, 3e-4, 1e-3]
+    assert fair.plan(cells, ["rte"], ["lora"], [0, 1], {"lora": grid}, {"lora": ext}) == [
+        ("rte", "lora", 1e-4, 1)]
+    inner = {k: v for k, v in cells.items() if k[2] != 3e-5}
+    inner[("rte", "lora", 3e-4, 0)] = cell(0.70)  # best inside the grid: no step beyond
+    assert fair.chosen_lr(inner, "rte", "lora", grid, ext) == 3e-4
