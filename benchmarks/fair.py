@@ -248,6 +248,11 @@ def summarize(cells: dict, tasks, methods, grid=GRID, extend=EXTEND) -> dict:
     return out
 
 
+def _mean_sd(pair) -> str:
+    mean, sd = pair
+    return f"{100 * mean:.1f}" + ("" if math.isnan(sd) else f" ± {100 * sd:.1f}")
+
+
 def markdown(summary: dict, methods) -> str:
     lines = ["| task | method | grid: seed-0 best score by lr | chosen lr | seeds "
              "| best (mean ± sd) | final (mean ± sd) | best epochs | CPU s to best "
@@ -263,8 +268,7 @@ def markdown(summary: dict, methods) -> str:
             c = m["cost"]
             lines.append(
                 f"| {task} | {method} | {grid} | {m['lr']:g} | {len(m['seeds'])} | "
-                f"{100 * m['best'][0]:.1f} ± {100 * m['best'][1]:.1f} | "
-                f"{100 * m['final'][0]:.1f} ± {100 * m['final'][1]:.1f} | "
+                f"{_mean_sd(m['best'])} | {_mean_sd(m['final'])} | "
                 f"{', '.join(map(str, m['best_epoch']))} | {m['cpu_s_to_best']:.0f} | "
                 f"{c['trainable_params']:,} ({c['trainable_params_without_head']:,}) | "
                 f"{c['optimizer_state_bytes'] / 1e6:.1f} MB | {c['examples_per_s']:.0f} |")
