@@ -340,6 +340,17 @@ def plot(cells: dict, summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _no_nan(x):
+    """``x`` with NaN (an sd of one seed, an interval of one pair) as None."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_no_nan(v) for v in x]
+    return x
+
+
 def report(tasks, methods, *, root: Path, out: Path, grid=GRID, extend=EXTEND) -> dict:
     cells = load_cells(root)
     summary = summarize(cells, tasks, methods, grid, extend)
@@ -347,8 +358,8 @@ def report(tasks, methods, *, root: Path, out: Path, grid=GRID, extend=EXTEND) -
                            "extend": {k: list(v) for k, v in extend.items()}, "epochs": EPOCHS,
                            "train_limit": TRAIN_LIMIT, "chosen_on": "seed 0, best epoch"},
               "commits": sorted({c["commit"] for c in cells.values()}), "tasks": summary}
-    atomic_write(out / "fair.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    text = json.dumps(_no_nan(record), indent=1, allow_nan=False) + "\n"  # strict JSON
+    atomic_write(out / "fair.json", lambda tmp: Path(tmp).write_text(text))
     md = markdown(summary, methods)
     atomic_write(out / "fair.md", lambda tmp: Path(tmp).write_text(md))
     plot(cells, summary, out / "figures" / "fair_curves.png")
