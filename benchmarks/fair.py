@@ -150,18 +150,17 @@ def chosen_lr(cells: dict, task: str, method: str, grid: tuple[float, ...],
 def plan(cells: dict, tasks, methods, seeds, grid: dict, extend: dict | None = None
          ) -> list[tuple]:
     """The cells due now, in order: each task's learning-rate searches first, then its seeds
-    at the chosen rates (a rate beyond the grid becomes due once the grid is complete)."""
+    at the chosen rates, seed by seed across methods so that the paired differences fill in
+    as early as possible (a rate beyond the grid becomes due once the grid is complete)."""
     extend = EXTEND if extend is None else extend
     todo = []
     for task in tasks:
         for method in methods:
             lr = next_rate(cells, task, method, grid[method], extend.get(method))
             todo += [(task, method, lr, 0)] if lr is not None else []
-        for method in methods:
-            lr = chosen_lr(cells, task, method, grid[method], extend.get(method))
-            if lr is not None:
-                todo += [(task, method, lr, s) for s in seeds
-                         if s != 0 and (task, method, lr, s) not in cells]
+        chosen = {m: chosen_lr(cells, task, m, grid[m], extend.get(m)) for m in methods}
+        todo += [(task, m, chosen[m], s) for s in seeds if s != 0 for m in methods
+                 if chosen[m] is not None and (task, m, chosen[m], s) not in cells]
     return todo
 
 

@@ -125,3 +125,13 @@ def test_the_search_steps_past_a_winning_edge():
     inner = {k: v for k, v in cells.items() if k[2] != 3e-5}
     inner[("rte", "lora", 3e-4, 0)] = cell(0.70)  # best inside the grid: no step beyond
     assert fair.chosen_lr(inner, "rte", "lora", grid, ext) == 3e-4
+
+
+def test_seeds_are_planned_pair_by_pair():
+    """Seed 1 of both methods before seed 2 of either, so paired differences fill in early."""
+    cells = {("rte", m, lr, 0): {"best": {"score": 0.6}} for m, lr in (("lora", 1e-3),
+                                                                        ("full", 1e-4))}
+    todo = fair.plan(cells, ["rte"], ["lora", "full"], [0, 1, 2],
+                     {"lora": (1e-3,), "full": (1e-4,)}, {})
+    assert todo == [("rte", "lora", 1e-3, 1), ("rte", "full", 1e-4, 1),
+                    ("rte", "lora", 1e-3, 2), ("rte", "full", 1e-4, 2)]
