@@ -310,9 +310,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    _, meta = read_adapter(args.adapter)  # the task check needs no model: fail before loading
-    task = adapter_task(args.adapter, meta, args.task, cross_task=args.cross_task)
-    model, variables, meta, pre = restore(args.adapter, model=args.model)
+    loaded = read_adapter(args.adapter)  # the task check needs no model: fail before loading
+    task = adapter_task(args.adapter, loaded[1], args.task, cross_task=args.cross_task)
+    model, variables, meta, pre = restore(args.adapter, model=args.model, loaded=loaded)
     cfg = meta.get("train_config") or {}
     positions = pre.config.max_position_embeddings - pre.config.position_offset
     tok = load_tokenizer(pre.path, max_length=min(cfg.get("max_length", 128), positions))
@@ -332,8 +332,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    out = export_merged(args.adapter, args.out, model=args.model, overwrite=args.overwrite)
-    _, meta = read_adapter(args.adapter)
+    loaded = read_adapter(args.adapter)
+    meta = loaded[1]
+    out = export_merged(args.adapter, args.out, model=args.model, overwrite=args.overwrite,
+                        loaded=loaded)
     print(json.dumps({"out": str(out), "method": meta["method"], "task": meta["task"],
                       "labels": hf_labels(meta)}))
     return 0

@@ -35,7 +35,8 @@ def hf_labels(meta: dict) -> list[str]:
 
 
 def export_merged(adapter_path: str | os.PathLike, out_dir: str | os.PathLike, *,
-                  model: str | None = None, overwrite: bool = False) -> Path:
+                  model: str | None = None, overwrite: bool = False,
+                  loaded: tuple[dict, dict] | None = None) -> Path:
     """Fold the adapter file into its base (``model``, default the one it names) and write a
     Hugging Face model directory at ``out_dir``.
 
@@ -44,11 +45,12 @@ def export_merged(adapter_path: str | os.PathLike, out_dir: str | os.PathLike, *
     anything is loaded, and again (with the base known) before anything is written.
     """
     adapter_path = Path(adapter_path)
-    _, meta = read_adapter(adapter_path)
+    loaded = loaded or read_adapter(adapter_path)  # the file is read once
+    meta = loaded[1]
     base = model or meta.get("base_model") or adapter_train_config(adapter_path, meta).model
     reads = {"the adapter": adapter_path.parent, "the base model": resolve_model_dir(base)}
     check_output_dir(out_dir, MERGED_KIND, overwrite=overwrite, reads=reads)
-    _, variables, meta, pre = restore(adapter_path, model=model)
+    _, variables, meta, pre = restore(adapter_path, model=model, loaded=loaded)
     method = meta["method"]
     if method not in MERGEABLE:
         raise ValueError(f"{adapter_path}: Houlsby adapters add layers; they cannot be folded "

@@ -717,14 +717,15 @@ def _truncate_log(path: Path, step: int, epochs_done: int) -> list[dict]:
     return evals
 
 
-def restore(adapter_path: str | os.PathLike, *, model: str | None = None
+def restore(adapter_path: str | os.PathLike, *, model: str | None = None,
+            loaded: tuple[dict, dict] | None = None
             ) -> tuple[SequenceClassifier, dict, dict, Pretrained]:
     """Load an adapter file onto its base model: (model, variables, metadata, pretrained).
 
     The base is the one the file names, or ``model`` when given; either way its weights must
     have the fingerprint the adapter recorded.
     """
-    loaded = read_adapter(adapter_path)
+    loaded = loaded or read_adapter(adapter_path)  # ``read_adapter``'s result, if the caller has it
     meta = loaded[1]
     cfg = adapter_train_config(adapter_path, meta)
     pre = load_pretrained(model or meta.get("base_model", cfg.model),

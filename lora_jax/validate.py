@@ -25,15 +25,20 @@ def _is_bool(v: Any) -> bool:
     return isinstance(v, bool | np.bool_)
 
 
+def _of_type(owner: str, name: str, value: Any, kind: type, what: str) -> Any:
+    """``value`` if it is a ``kind`` and not a bool (a bool is an int to Python)."""
+    if _is_bool(value) or not isinstance(value, kind):
+        raise ConfigError(f"{owner}.{name} must be {what}, got {value!r}"
+                          f"{' (a bool)' if _is_bool(value) else ''}")
+    return value
+
+
 def integer(owner: str, name: str, value: Any, *, minimum: int | None = None,
             optional: bool = False) -> int | None:
     """An int (not a bool), at least ``minimum``; ``None`` only when ``optional``."""
     if value is None and optional:
         return None
-    if _is_bool(value) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"{owner}.{name} must be an integer, got {value!r}"
-                          f"{' (a bool)' if _is_bool(value) else ''}")
-    value = int(value)
+    value = int(_of_type(owner, name, value, numbers.Integral, "an integer"))
     if minimum is not None and value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ConfigError(f"{owner}.{name} must be {what}, got {value}")
@@ -47,10 +52,7 @@ def real(owner: str, name: str, value: Any, *, low: float | None = None,
     ``[low, high)`` (``(low, high)`` with ``low_open``); ``None`` only when ``optional``."""
     if value is None and optional:
         return None
-    if _is_bool(value) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{owner}.{name} must be a number, got {value!r}"
-                          f"{' (a bool)' if _is_bool(value) else ''}")
-    value = float(value)
+    value = float(_of_type(owner, name, value, numbers.Real, "a number"))
     if not math.isfinite(value):
         raise ConfigError(f"{owner}.{name} must be a finite number, got {value}")
     too_low = low is not None and (value <= low if low_open else value < low)
