@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 # 2 CPU cores). GLUE comes from $$LORA_JAX_GLUE_DIR when set, else it is downloaded once.
 # --overwrite: runs/demo belongs to the demo, so a second `make demo` redoes it (compare still
 # refuses a runs/demo that it did not write).
-DEMO_FLAGS ?= --task sst2 --methods full,lora --train-limit 8000 --epochs 2 --out runs/demo \
+DEMO_OUT   ?= runs/demo
+DEMO_FLAGS ?= --task sst2 --methods full,lora --train-limit 8000 --epochs 2 --out $(DEMO_OUT) \
               --overwrite
 
 # The GLUE files: $$LORA_JAX_GLUE_DIR when set, else the project's offline copy beside the
@@ -36,8 +37,10 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	LORA_JAX_QUICK=1 $(PY) -m pytest -q --durations=15 tests --nbmake notebooks
 
+# then how its one-seed gap compares with the seed spread that benchmarks/fair.py measured
 demo: $(STAMP)
 	$(VENV)/bin/lora-jax compare $(DEMO_FLAGS)
+	$(PY) benchmarks/fair.py note --compare $(DEMO_OUT)/compare.json
 
 # make slides: slides/lora.html from slides/lora.md (Marp, pinned in slides/package.json; needs
 # npm), after refreshing the deck's generated tables from results/; a PDF too when Chromium is

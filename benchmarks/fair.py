@@ -36,14 +36,34 @@ from common import RESULTS
 from lora_jax.compare import machine_info, measure
 from lora_jax.data import get_task
 from lora_jax.files import atomic_write
+from lora_jax.models import BLOCK_TARGETS
 from lora_jax.train import RUN_FILES, TrainConfig, fit
 
+# What a cell trains, by the name the tables use: the method and what it changes in the
+# config. "lora" and "full" are the comparison; "lora-all" and "lora-r16" are the two capacity
+# levers (every dense layer of the blocks at r = 8; query,value at r = 16 with alpha / r kept
+# at 2); "adapter" and "bitfit" are the other baselines.
+VARIANTS = {
+    "lora": {"method": "lora"},
+    "full": {"method": "full"},
+    "lora-all": {"method": "lora", "targets": BLOCK_TARGETS},
+    "lora-r16": {"method": "lora", "rank": 16, "alpha": 32.0},
+    "adapter": {"method": "adapter"},
+    "bitfit": {"method": "bitfit"},
+}
 # Learning-rate grids: a decade each around the usual values (the paper's LoRA rates on
-# RoBERTa-base are 4e-4 to 5e-4; full fine-tuning of BERT-sized models is usually 2e-5 to 5e-5).
-GRID = {"lora": (2e-4, 6e-4, 2e-3), "full": (1e-5, 3e-5, 1e-4)}
-EXTEND = {"lora": (6e-5, 6e-3), "full": (3e-6, 3e-4)}  # one step below / above the grid
+# RoBERTa-base are 4e-4 to 5e-4; full fine-tuning of BERT-sized models is usually 2e-5 to 5e-5;
+# BitFit's paper tunes 1e-4 to 1e-3, adapters are trained near 1e-4 to 1e-3).
+GRID = {"lora": (2e-4, 6e-4, 2e-3), "full": (1e-5, 3e-5, 1e-4),
+        "lora-all": (2e-4, 6e-4, 2e-3), "lora-r16": (2e-4, 6e-4, 2e-3),
+        "adapter": (1e-4, 3e-4, 1e-3), "bitfit": (3e-4, 1e-3, 3e-3)}
+EXTEND = {"lora": (6e-5, 6e-3), "full": (3e-6, 3e-4), "lora-all": (6e-5, 6e-3),
+          "lora-r16": (6e-5, 6e-3), "adapter": (3e-5, 3e-3),
+          "bitfit": (1e-4, 1e-2)}  # one step below / above the grid
 EPOCHS = {"rte": 10, "mrpc": 10, "stsb": 10, "cola": 10, "sst2": 5}
 TRAIN_LIMIT = {"sst2": 8_000}  # a seeded subsample, as in benchmarks/glue.py
+COLORS = {"lora": "tab:blue", "full": "tab:orange", "lora-all": "tab:green",
+          "lora-r16": "tab:purple", "adapter": "tab:brown", "bitfit": "tab:gray"}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
         9: 2.262, 10: 2.228}  # Student's t, 97.5 % quantile, by degrees of freedom
 
@@ -62,7 +82,8 @@ def commit() -> str:
     return sha + ("+dirty" if dirty else "")
 
 
-def run_cell(cfg: TrainConfig, run_dir: Path, out: Path, *, data_dir: str | None) -> dict:
+def run_cell(cfg: TrainConfig, run_dir: Path, out: Path, *, data_dir: str | None,
+             variant: str | None = None) -> dict:
     """Train one cell (resuming its run directory if a previous attempt was cut short) and
     keep its record at ``out``."""
     task = get_task(cfg.task)
@@ -92,7 +113,8 @@ def run_cell(cfg: TrainConfig, run_dir: Path, out: Path, *, data_dir: str | None
     best = max(curve, key=lambda r: r["score"])
     row = measure(result, cfg, task)
     record = {
-        "task": task.name, "method": cfg.method, "lr": cfg.lr, "seed": cfg.seed,
+        "task": task.name, "method": cfg.method, "variant": variant or cfg.method,
+        "lr": cfg.lr, "seed": cfg.seed,
         "primary": task.primary, "curve": curve, "best": best, "final": curve[-1],
         "cost": {k: row[k] for k in ("trainable_params", "trainable_params_without_head",
                                      "optimizer_state_bytes", "step_memory_bytes",
@@ -112,7 +134,7 @@ def load_cells(root: Path) -> dict[tuple, dict]:
     cells = {}
     for p in sorted(root.glob("*/*.json")):
         r = json.loads(p.read_text())
-        cells[(r["task"], r["method"], r["lr"], r["seed"])] = r
+        cells[(r["task"], r.get("variant", r["method"]), r["lr"], r["seed"])] = r
     return cells
 
 
@@ -164,11 +186,15 @@ def plan(cells: dict, tasks, methods, seeds, grid: dict, extend: dict | None = N
     return todo
 
 
-def base_config(task: str, method: str, lr: float, seed: int, epochs: dict, **extra
+def base_config(task: str, variant: str, lr: float, seed: int, epochs: dict, **extra
                 ) -> TrainConfig:
-    return TrainConfig(task=task, method=method, learning_rate=lr, seed=seed,
-                       epochs=epochs[task], train_limit=TRAIN_LIMIT.get(task), rank=8,
-                       alpha=16.0, targets=("query", "value"), **extra)
+    """The cell's config: the protocol's defaults, then what the variant changes."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    settings = {"rank": 8, "alpha": 16.0, "targets": ("query", "value"), **VARIANTS[variant],
+                **extra}
+    return TrainConfig(task=task, learning_rate=lr, seed=seed, epochs=epochs[task],
+                       train_limit=TRAIN_LIMIT.get(task), **settings)
 
 
 def run(tasks, methods, seeds, *, root: Path, runs: Path, data_dir=None, grid=GRID,
@@ -186,7 +212,7 @@ def run(tasks, methods, seeds, *, root: Path, runs: Path, data_dir=None, grid=GR
         run_dir = runs / task / f"{method}-lr{lr:g}-seed{seed}"
         print(f"cell {task} {method} lr={lr:g} seed={seed}", flush=True)
         record = run_cell(cfg, run_dir, cell_path(root, task, method, lr, seed),
-                          data_dir=data_dir)
+                          data_dir=data_dir, variant=method)
         print(f"  best {record['best']['score']:.4f} at epoch {record['best']['epoch']}, "
               f"final {record['final']['score']:.4f}, {record['curve'][-1]['wall_s']:.0f} s",
               flush=True)
@@ -206,10 +232,26 @@ def paired(diffs: list[float]) -> dict:
     n = len(diffs)
     m, sd = mean_sd(diffs)
     if n < 2:
-        return {"n": n, "mean": m, "low": float("nan"), "high": float("nan"), "noise": None}
+        return {"n": n, "mean": m, "sd": sd, "low": float("nan"), "high": float("nan"),
+                "noise": None}
     half = T975[n - 1] * sd / math.sqrt(n)
-    return {"n": n, "mean": m, "low": m - half, "high": m + half,
+    return {"n": n, "mean": m, "sd": sd, "low": m - half, "high": m + half,
             "noise": m - half <= 0 <= m + half}
+
+
+def contrasts(methods) -> list[tuple[str, str]]:
+    """The paired differences reported: every variant against full fine-tuning, and each
+    capacity lever (``lora-*``) against plain LoRA as well."""
+    pairs = [(m, "full") for m in methods if m != "full" and "full" in methods]
+    return pairs + [(m, "lora") for m in methods if m.startswith("lora-") and "lora" in methods]
+
+
+def difference(a: dict, b: dict) -> dict | None:
+    """``a`` minus ``b``, seed by seed over the seeds both have, with its interval."""
+    if not (a.get("by_seed") and b.get("by_seed")):
+        return None
+    common = sorted(set(a["by_seed"]) & set(b["by_seed"]))
+    return paired([a["by_seed"][s] - b["by_seed"][s] for s in common]) if common else None
 
 
 def summarize(cells: dict, tasks, methods, grid=GRID, extend=EXTEND) -> dict:
@@ -239,10 +281,10 @@ def summarize(cells: dict, tasks, methods, grid=GRID, extend=EXTEND) -> dict:
                                                                 for s in sorted(runs)})
             entry["methods"][method] = m
         ms = entry["methods"]
-        if {"lora", "full"} <= set(ms) and ms["lora"].get("by_seed") and ms["full"].get("by_seed"):
-            common = sorted(set(ms["lora"]["by_seed"]) & set(ms["full"]["by_seed"]))
-            entry["lora_minus_full"] = paired([ms["lora"]["by_seed"][s] - ms["full"]["by_seed"][s]
-                                               for s in common])
+        entry["differences"] = {f"{a} - {b}": d for a, b in contrasts(methods)
+                                if (d := difference(ms[a], ms[b])) is not None}
+        if "lora - full" in entry["differences"]:
+            entry["lora_minus_full"] = entry["differences"]["lora - full"]
         out[task] = entry
     return out
 
@@ -271,18 +313,25 @@ def markdown(summary: dict, methods) -> str:
                 f"{', '.join(map(str, m['best_epoch']))} | {m['cpu_s_to_best']:.0f} | "
                 f"{c['trainable_params']:,} ({c['trainable_params_without_head']:,}) | "
                 f"{c['optimizer_state_bytes'] / 1e6:.1f} MB | {c['examples_per_s']:.0f} |")
-    lines += ["", "| task | LoRA − full, per seed (mean) | 95 % interval | within seed noise? |",
-              "|---|---|---|---|"]
+    lines += ["", "| task | difference | per seed (mean) | 95 % interval | within seed noise? |",
+              "|---|---|---|---|---|"]
     for task, entry in summary.items():
-        d = entry.get("lora_minus_full")
-        if d is None:
-            lines.append(f"| {task} | - | - | not yet measured |")
-        elif d["n"] < 2:
-            lines.append(f"| {task} | {100 * d['mean']:+.1f} (1 seed) | - | needs 2+ seeds |")
-        else:
-            lines.append(f"| {task} | {100 * d['mean']:+.1f} ({d['n']} seeds) | "
-                         f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | "
-                         f"{'yes' if d['noise'] else 'no'} |")
+        for name in (f"{a} - {b}" for a, b in contrasts(methods)):
+            d = entry.get("differences", {}).get(name)
+            label = name.replace(" - ", " − ")
+            if d is None:
+                lines.append(f"| {task} | {label} | - | - | not yet measured |")
+            elif d["n"] < 2:
+                lines.append(f"| {task} | {label} | {100 * d['mean']:+.1f} (1 seed) | - "
+                             "| needs 2+ seeds |")
+            else:
+                lines.append(f"| {task} | {label} | {100 * d['mean']:+.1f} ({d['n']} seeds) | "
+                             f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | "
+                             f"{'yes' if d['noise'] else 'no'} |")
+    answer = verdict(summary) if "lora" in methods and "full" in methods else None
+    if answer is not None:
+        lines += ["", ("**The answer**: " if answer["complete"] else "**The answer so far**: ")
+                  + answer["overall"], ""] + [f"- {line}" for line in answer["tasks"].values()]
     return "\n".join(lines) + (
         "\n\nDev scores x100 (the task's main metric), all-MiniLM-L6-v2, batch 32, LoRA r = 8 "
         "on query,value (alpha 16); the rate is chosen on seed 0 by best-epoch score; CPU "
@@ -303,7 +352,6 @@ def plot(cells: dict, summary: dict, path: Path) -> None:
     if not tasks:
         return
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 6), squeeze=False)
-    colors = {"lora": "tab:blue", "full": "tab:orange"}
     for j, task in enumerate(tasks):
         for (t, method, lr, seed), r in sorted(cells.items()):
             if t != task or seed != 0:
@@ -312,7 +360,7 @@ def plot(cells: dict, summary: dict, path: Path) -> None:
             y = [100 * c["score"] for c in r["curve"]]
             cpu = [c["cpu_s"] for c in r["curve"]]
             for ax, xs in ((axes[0, j], x), (axes[1, j], cpu)):
-                ax.plot(xs, y, lw=0.8, alpha=0.5, color=colors.get(method),
+                ax.plot(xs, y, lw=0.8, alpha=0.5, color=COLORS.get(method),
                         label=f"{method} lr {lr:g} (seed 0)" if ax is axes[0, j] else None)
         for method, m in summary[task]["methods"].items():
             if "best" not in m or len(m["seeds"]) < 2:
@@ -322,17 +370,123 @@ def plot(cells: dict, summary: dict, path: Path) -> None:
             score = np.array([[c["score"] for c in r["curve"][:n]] for r in runs]) * 100
             cpu = np.median([[c["cpu_s"] for c in r["curve"][:n]] for r in runs], 0)
             for ax, xs in ((axes[0, j], np.arange(1, n + 1)), (axes[1, j], cpu)):
-                ax.plot(xs, score.mean(0), lw=2, color=colors.get(method),
+                ax.plot(xs, score.mean(0), lw=2, color=COLORS.get(method),
                         label=(f"{method} lr {m['lr']:g}, {len(runs)} seeds"
                                if ax is axes[0, j] else None))
                 ax.fill_between(xs, score.min(0), score.max(0), alpha=0.2,
-                                color=colors.get(method))
+                                color=COLORS.get(method))
         axes[0, j].set_title(task)
         axes[0, j].set_xlabel("epoch")
         axes[1, j].set_xlabel("CPU seconds (all threads)")
         axes[0, j].legend(fontsize=7)
     axes[0, 0].set_ylabel("dev score x100")
     axes[1, 0].set_ylabel("dev score x100")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+NAMES = {"lora": "LoRA", "full": "full fine-tuning", "lora-all": "LoRA on every block layer",
+         "lora-r16": "LoRA at r = 16", "adapter": "adapters", "bitfit": "BitFit"}
+SEEDS_NEEDED = 3
+
+
+def verdict(summary: dict, a: str = "lora", b: str = "full") -> dict:
+    """The answer in words, per task and overall, from the paired differences ``a - b``: a
+    task is settled once it has ``SEEDS_NEEDED`` seeds of both; until then it says so."""
+    per_task, settled = {}, {}
+    for task, entry in summary.items():
+        d = entry.get("differences", {}).get(f"{a} - {b}")
+        folder = get_task(task).folder
+        if d is None:
+            per_task[task] = f"{folder}: not measured yet"
+            continue
+        gap = f"{NAMES[a]} − {NAMES[b]} = {100 * d['mean']:+.1f} points"
+        if d["n"] < 2:
+            per_task[task] = f"{folder}: {gap} from 1 seed (no interval yet)"
+            continue
+        interval = f"95 % interval [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+        if d["noise"]:
+            word = "within seed noise"
+        else:
+            word = f"{NAMES[a]} {'below' if d['mean'] < 0 else 'above'} {NAMES[b]}"
+        seeds = (f"{d['n']} seeds" if d["n"] >= SEEDS_NEEDED
+                 else f"{d['n']} of {SEEDS_NEEDED} seeds so far")
+        per_task[task] = f"{folder}: {word}: {gap}, {interval}, {seeds}"
+        if d["n"] >= SEEDS_NEEDED:
+            settled[task] = d
+    if not settled:
+        overall = (f"Not answered yet: no task has {SEEDS_NEEDED} seeds of both "
+                   f"{NAMES[a]} and {NAMES[b]}.")
+    else:
+        noise = [t for t, d in settled.items() if d["noise"]]
+        below = [t for t, d in settled.items() if not d["noise"] and d["mean"] < 0]
+        above = [t for t, d in settled.items() if not d["noise"] and d["mean"] > 0]
+        mean = statistics.mean(d["mean"] for d in settled.values())
+        names = lambda ts: ", ".join(get_task(t).folder for t in ts) or "none"  # noqa: E731
+        overall = (f"On {len(settled)} of {len(summary)} tasks measured with {SEEDS_NEEDED}+ "
+                   f"seeds, {NAMES[a]} − {NAMES[b]} averages {100 * mean:+.1f} points; within "
+                   f"seed noise on {len(noise)} ({names(noise)}), below on {len(below)} "
+                   f"({names(below)}), above on {len(above)} ({names(above)}).")
+        missing = [t for t in summary if t not in settled]
+        if missing:
+            overall += f" Still to measure: {names(missing)}."
+    return {"contrast": f"{a} - {b}", "overall": overall, "tasks": per_task,
+            "complete": len(settled) == len(summary)}
+
+
+def plot_compare(summary: dict, methods, path: Path) -> None:
+    """The final comparison: per task, each method's best-epoch dev score at its chosen rate
+    (mean over seeds, bars the standard deviation) on the left; on the right each paired
+    difference against full fine-tuning with its 95 % interval (a bar that crosses zero is
+    within seed noise)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = [t for t, e in summary.items() if any("best" in m for m in e["methods"].values())]
+    if not tasks:
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    shown = [m for m in methods if any("best" in summary[t]["methods"].get(m, {})
+                                       for t in tasks)]
+    width, x = 0.8 / max(len(shown), 1), np.arange(len(tasks))
+    for i, m in enumerate(shown):
+        stats = [summary[t]["methods"].get(m, {}).get("best") for t in tasks]
+        mean = [100 * s[0] if s else np.nan for s in stats]
+        sd = [100 * s[1] if s and not math.isnan(s[1]) else 0.0 for s in stats]
+        n = [len(summary[t]["methods"].get(m, {}).get("seeds", ())) for t in tasks]
+        bars = left.bar(x + (i - (len(shown) - 1) / 2) * width, mean, width, yerr=sd,
+                        capsize=3, label=NAMES.get(m, m), color=COLORS.get(m))
+        for bar, k in zip(bars, n, strict=True):
+            if k:
+                left.annotate(f"{k}", (bar.get_x() + bar.get_width() / 2, 0),
+                              ha="center", va="bottom", fontsize=7, color="white")
+    left.set_xticks(x, [get_task(t).folder for t in tasks])
+    left.set_ylabel("best-epoch dev score x100")
+    left.set_title("score at the tuned rate (mean ± sd; n seeds at the foot)")
+    left.legend(fontsize=7)
+    names = [f"{a} - {b}" for a, b in contrasts(methods) if b == "full"]
+    for i, name in enumerate(names):
+        ds = [summary[t].get("differences", {}).get(name) for t in tasks]
+        xs = x + (i - (len(names) - 1) / 2) * (0.8 / max(len(names), 1))
+        for xi, d in zip(xs, ds, strict=True):
+            if d is None:
+                continue
+            lo, hi = (d["low"], d["high"]) if d["n"] >= 2 else (d["mean"], d["mean"])
+            right.errorbar([xi], [100 * d["mean"]],
+                           yerr=[[100 * (d["mean"] - lo)], [100 * (hi - d["mean"])]],
+                           fmt="o", capsize=4, color=COLORS.get(name.split(" - ")[0]))
+        right.plot([], [], "o", color=COLORS.get(name.split(" - ")[0]),
+                   label=f"{NAMES.get(name.split(' - ')[0])} − full")
+    right.axhline(0, color="black", lw=0.8)
+    right.set_xticks(x, [get_task(t).folder for t in tasks])
+    right.set_ylabel("paired difference, points")
+    right.set_title("minus full fine-tuning, seed by seed (95 % interval)")
+    right.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
@@ -356,18 +510,57 @@ def report(tasks, methods, *, root: Path, out: Path, grid=GRID, extend=EXTEND) -
     record = {"protocol": {"grid": {k: list(v) for k, v in grid.items()},
                            "extend": {k: list(v) for k, v in extend.items()}, "epochs": EPOCHS,
                            "train_limit": TRAIN_LIMIT, "chosen_on": "seed 0, best epoch"},
-              "commits": sorted({c["commit"] for c in cells.values()}), "tasks": summary}
+              "commits": sorted({c["commit"] for c in cells.values()}),
+              "machine": next(iter(cells.values()))["machine"] if cells else None,
+              "time": max((c["time"] for c in cells.values()), default=None),
+              "answer": verdict(summary), "tasks": summary}
     text = json.dumps(_no_nan(record), indent=1, allow_nan=False) + "\n"  # strict JSON
     atomic_write(out / "fair.json", lambda tmp: Path(tmp).write_text(text))
     md = markdown(summary, methods)
     atomic_write(out / "fair.md", lambda tmp: Path(tmp).write_text(md))
     plot(cells, summary, out / "figures" / "fair_curves.png")
+    plot_compare(summary, methods, out / "figures" / "fair_compare.png")
     return record
+
+
+def demo_note(demo: dict, record: dict) -> str:
+    """What ``make demo``'s single-seed gap means beside this study: the demo's LoRA - full
+    (``compare.json``) next to the paired difference and its seed-to-seed spread measured here
+    (``fair.json``), on the demo's task when it is measured, else on the tasks that are."""
+    best = {r["method"]: r["best"] for r in demo["rows"]}
+    if not {"lora", "full"} <= set(best):
+        return ""
+    folder = get_task(demo["task"]).folder
+    gap = 100 * (best["lora"] - best["full"])
+    lines = [f"This demo: LoRA − full fine-tuning = {gap:+.1f} points on {folder}, from one seed "
+             f"at the default learning rates and {demo['config']['epochs']} epochs."]
+    diffs = {t: e["differences"]["lora - full"] for t, e in record["tasks"].items()
+             if "lora - full" in e.get("differences", {})}
+    spread = {t: d for t, d in diffs.items() if d["n"] >= 2}
+    if demo["task"] in spread:
+        d = spread[demo["task"]]
+        lines.append(f"The fair comparison on {folder} (tuned rates, {d['n']} seeds): "
+                     f"{100 * d['mean']:+.1f} points, 95 % interval [{100 * d['low']:+.1f}, "
+                     f"{100 * d['high']:+.1f}]; one seed's difference varies by "
+                     f"{100 * d['sd']:.1f} points (sd) from seed to seed.")
+    elif spread:
+        sds = ", ".join(f"{get_task(t).folder} {100 * d['sd']:.1f}" for t, d in spread.items())
+        lines.append(f"The fair comparison has not measured {folder} yet; on the tasks it has, "
+                     f"one seed's LoRA − full difference varies from seed to seed by (sd, "
+                     f"points): {sds}. A single-seed gap is a sample, not the answer.")
+    else:
+        lines.append("The fair comparison has no task with two seeds yet, so this gap has no "
+                     "measured spread to compare with.")
+    lines.append(f"The study so far: {record['answer']['overall']} "
+                 "(results/fair.md, README 'LoRA against full fine-tuning, fairly').")
+    return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("action", choices=("run", "report"))
+    p.add_argument("action", choices=("run", "report", "note"),
+                   help="note: set a compare.json (--compare) beside this study's results")
+    p.add_argument("--compare", help="for note: the compare.json of a `lora-jax compare` run")
     p.add_argument("--tasks", default="rte,mrpc,stsb,cola,sst2")
     p.add_argument("--methods", default="lora,full")
     p.add_argument("--seeds", default="0,1,2")
@@ -380,6 +573,11 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
         run(tasks, methods, seeds, root=RESULTS / "fair", runs=Path(args.runs),
             data_dir=args.data_dir, limit=args.limit)
+    elif args.action == "note":
+        if not args.compare:
+            p.error("note needs --compare PATH/compare.json")
+        demo = json.loads(Path(args.compare).read_text())
+        print(demo_note(demo, json.loads((RESULTS / "fair.json").read_text())))
     else:
         print(markdown(report(tasks, methods, root=RESULTS / "fair", out=RESULTS)["tasks"],
                        methods))

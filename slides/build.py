@@ -1,4 +1,4 @@
-"""Fill the generated blocks of ``slides/lora.md`` from the project's results.
+"""Fill the generated blocks of ``slides/lora.md`` and ``README.md`` from the project's results.
 
 Every number of ours in the deck sits between ``<!-- generated:NAME -->`` and
 ``<!-- /generated:NAME -->``; this script renders each block from ``results/`` (benchmark JSON)
@@ -6,7 +6,7 @@ or from ``lora_jax`` itself (parameter counts from shapes), and rewrites only th
 paper's numbers come from ``lora_jax.paper`` and are labelled as the paper's.
 
     python slides/build.py            # rewrite the blocks in place
-    python slides/build.py --check    # exit 1 if any block is out of date (the test runs this)
+    python slides/build.py --check    # exit 1 if any block is out of date (the tests run this)
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DECK = ROOT / "slides" / "lora.md"
+README = ROOT / "README.md"
+DOCS = (DECK, README)  # every file with generated blocks
 RESULTS = ROOT / "results"
 BLOCK = re.compile(r"(<!-- generated:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)"
                    r"(<!-- /generated:(?P=name) -->)", re.S)
@@ -173,6 +175,55 @@ def glue_facts() -> str:
             f"{len(gaps)} tasks: **{statistics.mean(gaps):+.1f} points**")
 
 
+def _fair() -> dict:
+    return json.loads((RESULTS / "fair.json").read_text())
+
+
+def _score(m: dict) -> str:
+    if not m.get("best"):
+        return "-"
+    mean, sd = m["best"]
+    return f"{100 * mean:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
+
+
+def _rates(xs) -> str:
+    return ", ".join(f"{x:g}" for x in xs)
+
+
+def fair() -> str:
+    """LoRA against full fine-tuning at tuned rates (``benchmarks/fair.py``): per task the
+    chosen rates, best-epoch scores over seeds and the paired difference with its interval."""
+    from lora_jax.data import get_task
+
+    f = _fair()
+    lines = ["| task | LoRA (lr) | full (lr) | seeds | LoRA − full | 95 % interval |",
+             "|---|---|---|---|---|---|"]
+    for task, e in f["tasks"].items():
+        lora, full = e["methods"]["lora"], e["methods"]["full"]
+        d = e.get("differences", {}).get("lora - full")
+        rate = lambda m: f" ({m['lr']:g})" if m.get("best") else ""  # noqa: E731
+        seeds = f"{len(lora['seeds'])} + {len(full['seeds'])}" if d else "-"
+        gap = f"{100 * d['mean']:+.1f}" if d else "not measured yet"
+        interval = (f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+                    if d and d["low"] is not None else "-")
+        lines.append(f"| {get_task(task).folder} | {_score(lora)}{rate(lora)} | "
+                     f"{_score(full)}{rate(full)} | {seeds} | {gap} | {interval} |")
+    p = f["protocol"]
+    epochs = sorted(set(p["epochs"].values()), reverse=True)
+    return "\n".join(lines) + (
+        f"\n\n*all-MiniLM-L6-v2, best-epoch dev x100 (mean ± sd over seeds), learning rate "
+        f"chosen per task and method on seed 0 from LoRA {_rates(p['grid']['lora'])} / full "
+        f"{_rates(p['grid']['full'])} (one step further at an edge), "
+        f"{' or '.join(map(str, epochs))} epochs; `python benchmarks/fair.py report`; "
+        f"{_machine(f)}.*")
+
+
+def fair_answer() -> str:
+    a = _fair()["answer"]
+    head = "**The answer**" if a["complete"] else "**The answer so far**"
+    return f"{head}: {a['overall']}\n\n" + "\n".join(f"- {t}" for t in a["tasks"].values())
+
+
 def paper_table2() -> str:
     from lora_jax.data import get_task
     from lora_jax.paper import PAPER, TABLE2_ROBERTA_BASE, TABLE2_TASKS
@@ -201,16 +252,17 @@ def storage() -> str:
 BLOCKS: dict[str, Callable[[], str]] = {
     "params": params, "cost": cost, "cost_facts": cost_facts, "peer": peer,
     "latency": latency, "glue": glue, "glue_facts": glue_facts, "paper_table2": paper_table2,
-    "storage": storage,
+    "storage": storage, "fair": fair, "fair_answer": fair_answer,
 }
 
 
-def render(text: str) -> str:
-    """``text`` with every generated block re-rendered; an unknown block name is an error."""
+def render(text: str, where: Path = DECK) -> str:
+    """``text`` (of the file ``where``) with every generated block re-rendered; an unknown
+    block name is an error."""
     def fill(m: re.Match) -> str:
         name = m["name"]
         if name not in BLOCKS:
-            raise KeyError(f"{DECK.name}: unknown generated block {name!r}; "
+            raise KeyError(f"{where.name}: unknown generated block {name!r}; "
                            f"known: {sorted(BLOCKS)}")
         return f"{m.group(1)}{BLOCKS[name]().rstrip()}\n{m.group(4)}"
     return BLOCK.sub(fill, text)
@@ -220,20 +272,23 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--check", action="store_true", help="only report blocks out of date")
     args = p.parse_args()
-    text = DECK.read_text(encoding="utf-8")
-    new = render(text)
-    if args.check:
-        stale = [m["name"] for m, n in zip(BLOCK.finditer(text), BLOCK.finditer(new),
-                                           strict=True) if m["body"] != n["body"]]
-        if stale:
-            print(f"out of date: {', '.join(stale)} (run python slides/build.py)")
-            return 1
-        return 0
-    if new != text:
-        tmp = DECK.with_suffix(".md.tmp")
-        tmp.write_text(new, encoding="utf-8")
-        tmp.replace(DECK)
-    print(f"{DECK.relative_to(ROOT)}: {len(BLOCK.findall(new))} generated blocks")
+    stale = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        new = render(text, doc)
+        if args.check:
+            stale += [f"{doc.relative_to(ROOT)}:{m['name']}" for m, n in
+                      zip(BLOCK.finditer(text), BLOCK.finditer(new), strict=True)
+                      if m["body"] != n["body"]]
+            continue
+        if new != text:
+            tmp = doc.with_suffix(".md.tmp")
+            tmp.write_text(new, encoding="utf-8")
+            tmp.replace(doc)
+        print(f"{doc.relative_to(ROOT)}: {len(BLOCK.findall(new))} generated blocks")
+    if stale:
+        print(f"out of date: {', '.join(stale)} (run python slides/build.py)")
+        return 1
     return 0
 
 

@@ -99,7 +99,9 @@ def test_committed_fair_tables_match_the_committed_cells():
     methods = list(next(iter(record["tasks"].values()))["methods"])
     summary = fair.summarize(fair.load_cells(root), tasks, methods)
     assert (fair.RESULTS / "fair.md").read_text() == fair.markdown(summary, methods)
-    assert (fair.RESULTS / "figures" / "fair_curves.png").is_file()
+    assert record["answer"] == fair.verdict(json.loads(json.dumps(fair._no_nan(summary))))
+    for figure in ("fair_curves.png", "fair_compare.png"):
+        assert (fair.RESULTS / "figures" / figure).is_file()
 
 
 def test_the_search_steps_past_a_winning_edge():
@@ -135,3 +137,76 @@ def test_seeds_are_planned_pair_by_pair():
                      {"lora": (1e-3,), "full": (1e-4,)}, {})
     assert todo == [("rte", "lora", 1e-3, 1), ("rte", "full", 1e-4, 1),
                     ("rte", "lora", 1e-3, 2), ("rte", "full", 1e-4, 2)]
+
+
+def _pair(mean, low, high, n):
+    return {"n": n, "mean": mean, "low": low, "high": high,
+            "noise": None if n < 2 else low <= 0 <= high}
+
+
+def test_the_answer_is_told_only_from_tasks_with_three_seeds():
+    def task(d):
+        return {"methods": {}, "differences": {} if d is None else {"lora - full": d}}
+
+    summary = {"rte": task(_pair(-0.02, -0.18, 0.14, 2)), "mrpc": task(None),
+               "stsb": task(_pair(-0.01, -0.03, 0.01, 3)),
+               "cola": task(_pair(-0.05, -0.08, -0.02, 3)), "sst2": task(_pair(0.01, 0, 0, 1))}
+    v = fair.verdict(summary)
+    assert not v["complete"]
+    assert v["tasks"]["rte"] == ("RTE: within seed noise: LoRA − full fine-tuning = -2.0 points, "
+                                 "95 % interval [-18.0, +14.0], 2 of 3 seeds so far")
+    assert v["tasks"]["mrpc"] == "MRPC: not measured yet"
+    assert v["tasks"]["cola"].startswith("CoLA: LoRA below full fine-tuning: ")
+    assert v["tasks"]["sst2"].endswith("from 1 seed (no interval yet)")
+    assert v["overall"] == ("On 2 of 5 tasks measured with 3+ seeds, LoRA − full fine-tuning "
+                            "averages -3.0 points; within seed noise on 1 (STS-B), below on 1 "
+                            "(CoLA), above on 0 (none). Still to measure: RTE, MRPC, SST-2.")
+    empty = fair.verdict({"rte": task(None)})
+    assert empty["overall"].startswith("Not answered yet") and not empty["complete"]
+
+
+def test_variants_change_only_what_they_name():
+    lora = fair.base_config("rte", "lora", 2e-4, 0, fair.EPOCHS)
+    every = fair.base_config("rte", "lora-all", 2e-4, 0, fair.EPOCHS)
+    r16 = fair.base_config("rte", "lora-r16", 2e-4, 0, fair.EPOCHS)
+    assert (lora.method, lora.rank, lora.alpha, lora.targets) == ("lora", 8, 16.0,
+                                                                  ("query", "value"))
+    assert every.targets == fair.BLOCK_TARGETS and every.rank == 8
+    assert (r16.rank, r16.alpha / r16.rank, r16.targets) == (16, 2.0, ("query", "value"))
+    assert fair.base_config("rte", "bitfit", 1e-3, 0, fair.EPOCHS).method == "bitfit"
+    assert set(fair.GRID) == set(fair.EXTEND) == set(fair.VARIANTS)
+    with pytest.raises(ValueError, match="unknown variant 'lora-xl'; known: lora, full"):
+        fair.base_config("rte", "lora-xl", 2e-4, 0, fair.EPOCHS)
+
+
+def test_contrasts_and_cells_without_a_variant(tmp_path):
+    assert fair.contrasts(["lora", "full", "lora-all"]) == [
+        ("lora", "full"), ("lora-all", "full"), ("lora-all", "lora")]
+    (tmp_path / "rte").mkdir()
+    old = {"task": "rte", "method": "lora", "lr": 2e-4, "seed": 0}  # written before variants
+    new = {**old, "method": "lora", "variant": "lora-all"}
+    (tmp_path / "rte" / "a.json").write_text(json.dumps(old))
+    (tmp_path / "rte" / "b.json").write_text(json.dumps(new))
+    assert sorted(fair.load_cells(tmp_path)) == [("rte", "lora", 2e-4, 0),
+                                                 ("rte", "lora-all", 2e-4, 0)]
+
+
+def test_the_demo_note_sets_one_seed_beside_the_measured_spread():
+    demo = {"task": "sst2", "config": {"epochs": 2},
+            "rows": [{"method": "full", "best": 0.859}, {"method": "lora", "best": 0.837}]}
+    rte = {"n": 2, "mean": -0.02, "sd": 0.011, "low": -0.18, "high": 0.14, "noise": True}
+    record = {"answer": {"overall": "Not answered yet."},
+              "tasks": {"rte": {"differences": {"lora - full": rte}}, "sst2": {}}}
+    note = fair.demo_note(demo, record).splitlines()
+    assert note[0] == ("This demo: LoRA − full fine-tuning = -2.2 points on SST-2, from one seed "
+                       "at the default learning rates and 2 epochs.")
+    assert "has not measured SST-2 yet" in note[1] and "RTE 1.1" in note[1]
+    assert note[2].startswith("The study so far: Not answered yet.")
+    record["tasks"]["sst2"] = {"differences": {"lora - full": {**rte, "n": 3}}}
+    assert "The fair comparison on SST-2 (tuned rates, 3 seeds): -2.0 points, 95 % interval " \
+           "[-18.0, +14.0]; one seed's difference varies by 1.1 points" in fair.demo_note(
+               demo, record)
+    assert fair.demo_note({**demo, "rows": demo["rows"][:1]}, record) == ""  # no pair: silent
+    # the committed study can always be read by the demo
+    committed = json.loads((fair.RESULTS / "fair.json").read_text())
+    assert fair.demo_note(demo, committed).startswith("This demo:")

@@ -1,4 +1,4 @@
-"""Every Python snippet in README.md runs."""
+"""Every Python snippet in README.md runs, and its generated results match results/."""
 
 import re
 from pathlib import Path
@@ -19,3 +19,18 @@ def test_readme_snippets_run(capsys):
         exec(compile(code, f"README.md[python block {i}]", "exec"), {})
     out = capsys.readouterr().out
     assert "1024" in out and "384 (1, 2)" in out
+
+
+def test_readme_generated_results_match_the_results():
+    """The README's generated blocks (the fair comparison) are what slides/build.py renders
+    from results/: no hand-edited number."""
+    import importlib.util
+
+    path = README.parent / "slides" / "build.py"
+    spec = importlib.util.spec_from_file_location("slides_build", path)
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    text = README.read_text(encoding="utf-8")
+    names = {m["name"] for m in build.BLOCK.finditer(text)}
+    assert {"fair", "fair_answer"} <= names
+    assert build.render(text, README) == text, "run: python slides/build.py"
