@@ -19,6 +19,11 @@ cells exist, marking what is still missing. Run it from a clone at a fixed commi
 
     python benchmarks/fair.py run --tasks rte,mrpc,stsb,cola,sst2 --seeds 0,1,2
     python benchmarks/fair.py report
+    python benchmarks/fair.py run --tasks rte,mrpc --methods lora-all   # a capacity lever
+
+``VARIANTS`` names what a cell trains; every variant is compared with full fine-tuning seed by
+seed, and the ``lora-*`` levers with plain LoRA too. ``note --compare runs/demo/compare.json``
+sets a one-seed ``lora-jax compare`` beside the spread measured here (``make demo`` ends with it).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import time
@@ -73,7 +79,10 @@ def cell_path(root: Path, task: str, method: str, lr: float, seed: int) -> Path:
 
 
 def commit() -> str:
-    """The commit the code runs at (``+dirty`` when the tree has changes): kept in each cell."""
+    """The commit the code runs at (``+dirty`` when the tree has changes): kept in each cell.
+    A copy without ``.git`` (the device machine's) is told it by ``LORA_JAX_COMMIT``."""
+    if os.environ.get("LORA_JAX_COMMIT"):
+        return os.environ["LORA_JAX_COMMIT"]
     here = Path(__file__).resolve().parent
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                          text=True).stdout.strip()
@@ -515,6 +524,7 @@ def report(tasks, methods, *, root: Path, out: Path, grid=GRID, extend=EXTEND) -
               "time": max((c["time"] for c in cells.values()), default=None),
               "answer": verdict(summary), "tasks": summary}
     text = json.dumps(_no_nan(record), indent=1, allow_nan=False) + "\n"  # strict JSON
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "fair.json", lambda tmp: Path(tmp).write_text(text))
     md = markdown(summary, methods)
     atomic_write(out / "fair.md", lambda tmp: Path(tmp).write_text(md))
@@ -567,19 +577,25 @@ def main() -> None:
     p.add_argument("--limit", type=int, help="train at most this many cells, then stop")
     p.add_argument("--runs", default="runs/fair", help="run directories (resumable)")
     p.add_argument("--data-dir")
+    p.add_argument("--model", help="the base model (default: the protocol's, minilm)")
+    p.add_argument("--cells", default=str(RESULTS / "fair"),
+                   help="the kept cells (default results/fair)")
+    p.add_argument("--out", default=str(RESULTS),
+                   help="for report: where fair.json, fair.md and figures/ go (default results)")
     args = p.parse_args()
+    extra = {"model": args.model} if args.model else {}
     tasks, methods = args.tasks.split(","), args.methods.split(",")
     if args.action == "run":
         seeds = [int(s) for s in args.seeds.split(",")]
-        run(tasks, methods, seeds, root=RESULTS / "fair", runs=Path(args.runs),
-            data_dir=args.data_dir, limit=args.limit)
+        run(tasks, methods, seeds, root=Path(args.cells), runs=Path(args.runs),
+            data_dir=args.data_dir, limit=args.limit, **extra)
     elif args.action == "note":
         if not args.compare:
             p.error("note needs --compare PATH/compare.json")
         demo = json.loads(Path(args.compare).read_text())
-        print(demo_note(demo, json.loads((RESULTS / "fair.json").read_text())))
+        print(demo_note(demo, json.loads((Path(args.out) / "fair.json").read_text())))
     else:
-        print(markdown(report(tasks, methods, root=RESULTS / "fair", out=RESULTS)["tasks"],
+        print(markdown(report(tasks, methods, root=Path(args.cells), out=Path(args.out))["tasks"],
                        methods))
 
 

@@ -210,3 +210,12 @@ def test_the_demo_note_sets_one_seed_beside_the_measured_spread():
     # the committed study can always be read by the demo
     committed = json.loads((fair.RESULTS / "fair.json").read_text())
     assert fair.demo_note(demo, committed).startswith("This demo:")
+
+
+def test_the_device_script_parses_and_refuses_without_its_pack(tmp_path):
+    import subprocess
+
+    script = fair.RESULTS.parent / "benchmarks" / "device_glue.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    bad = subprocess.run(["bash", str(script), "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
