@@ -14,10 +14,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lora_jax import LoRAConfig, create_train_state, make_optimizer, trainable_labels
+from lora_jax import (
+    LoRAConfig,
+    create_train_state,
+    get_method,
+    init_variables,
+    make_optimizer,
+    trainable_labels,
+)
 from lora_jax.compare import machine_info
-from lora_jax.models import SequenceClassifier
-from lora_jax.train import init_variables
+from lora_jax.lora import LORA as LORA_COLLECTION
+from lora_jax.models import ADAPTERS, SequenceClassifier
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 LORA = LoRAConfig(rank=8, alpha=16.0, targets=("query", "value"))
@@ -42,8 +49,9 @@ def make_state(pre, method: str, *, lora: LoRAConfig = LORA, adapter_size: int =
                dtype_cfg=None, seed: int = 0):
     """A train state for ``method`` on the pretrained ``pre`` (dropout off, like the peer)."""
     cfg = no_dropout(dtype_cfg or pre.config)
-    model = SequenceClassifier(cfg, lora if method == "lora" else None,
-                               adapter_size if method == "adapter" else None)
+    creates = get_method(method).creates
+    model = SequenceClassifier(cfg, lora if creates == LORA_COLLECTION else None,
+                               adapter_size if creates == ADAPTERS else None)
     variables = init_variables(model, pre.params, method, jax.random.key(seed))
     tx = make_optimizer(trainable_labels(variables, method), learning_rate=1e-4,
                         total_steps=10_000)

@@ -40,10 +40,11 @@ from pathlib import Path
 from common import RESULTS
 
 from lora_jax.compare import machine_info, measure
+from lora_jax.config import TrainConfig
 from lora_jax.data import get_task
 from lora_jax.files import atomic_write
 from lora_jax.models import BLOCK_TARGETS
-from lora_jax.train import RUN_FILES, TrainConfig, fit
+from lora_jax.run import RUN_FILES, fit
 
 # What a cell trains, by the name the tables use: the method and what it changes in the
 # config. "lora" and "full" are the comparison; "lora-all" and "lora-r16" are the two capacity

@@ -20,9 +20,9 @@ from pathlib import Path
 from common import RESULTS, header
 
 from lora_jax.compare import compare
+from lora_jax.config import TrainConfig
 from lora_jax.data import get_task
 from lora_jax.files import atomic_write
-from lora_jax.train import TrainConfig
 
 TRAIN_LIMIT = {"sst2": 8_000}  # SST-2: a seeded subsample (fits the session); the others whole
 

@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 from common import RESULTS, emit, header, make_state, synthetic_batch  # noqa: E402
 
 from lora_jax import load_pretrained  # noqa: E402
-from lora_jax.parallel import make_mesh, shard_batch, shard_state, sharded_train_step  # noqa: E402
+from lora_jax.parallel import jit_on_mesh, make_mesh, shard_batch, shard_state  # noqa: E402
+from lora_jax.train import train_step  # noqa: E402
 
 
 def frozen_bytes_per_device(state) -> int:
@@ -50,7 +51,7 @@ def main() -> None:
     for spec in args.meshes.split(";"):
         mesh = make_mesh(spec)
         state = shard_state(make_state(pre, args.method), mesh)
-        step = sharded_train_step(state, mesh)
+        step = jit_on_mesh(train_step, state, mesh)
         per_device = frozen_bytes_per_device(state)
         out = []
         for b in batches:

@@ -26,7 +26,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from lora_jax.files import atomic_write
-from lora_jax.optim import METHODS, flatten, split, unflatten
+from lora_jax.methods import method_names
+from lora_jax.optim import split
+from lora_jax.trees import flatten, unflatten
 
 FORMAT = "lora_jax/1"
 META_KEY = "lora_jax"
@@ -85,9 +87,9 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     for field in ("method", "base_fingerprint", "task"):
         if field not in meta:
             raise CheckpointFileError(f"{path}: metadata lacks {field!r}")
-    if meta["method"] not in METHODS:
+    if meta["method"] not in method_names():
         raise CheckpointFileError(f"{path}: metadata field 'method' is {meta['method']!r}, "
-                                  f"not one of {METHODS}")
+                                  f"not one of {method_names()}")
     if not isinstance(meta["base_fingerprint"], str):
         raise CheckpointFileError(f"{path}: metadata field 'base_fingerprint' is "
                                   f"{meta['base_fingerprint']!r}, not a string")

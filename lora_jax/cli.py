@@ -18,8 +18,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from lora_jax.adapters import adapter_task, restore
 from lora_jax.checkpoint import CheckpointFileError, read_adapter
 from lora_jax.compare import compare, markdown_table
+from lora_jax.config import TrainConfig
 from lora_jax.data import (
     SOURCES,
     TASKS,
@@ -33,23 +35,17 @@ from lora_jax.data import (
 )
 from lora_jax.export import export_merged, hf_labels
 from lora_jax.files import RunDirError, check_output_file
-from lora_jax.lora import LoRAConfig
-from lora_jax.models import COMPUTE_DTYPES, LORA_TARGETS, TARGET_PRESETS, ModelConfig
-from lora_jax.optim import METHODS
+from lora_jax.lora import LORA, LoRAConfig
+from lora_jax.methods import REGISTRY, get_method, method_names
+from lora_jax.model_dir import DEFAULT_MODEL, CheckpointError
+from lora_jax.models import COMPUTE_DTYPES, LORA_TARGETS, TARGET_PRESETS, ModelConfig, check_rank
 from lora_jax.parallel import parse_mesh
 from lora_jax.peft import export_peft, import_peft, save_imported
-from lora_jax.pretrained import DEFAULT_MODEL, CheckpointError, load_config, load_tokenizer
+from lora_jax.pretrained import load_config
 from lora_jax.report import parameter_report
-from lora_jax.train import (
-    TrainConfig,
-    TrainingDiverged,
-    TrainingInterrupted,
-    adapter_task,
-    check_rank,
-    evaluate,
-    fit,
-    restore,
-)
+from lora_jax.run import LOG_EVERY, TrainingDiverged, TrainingInterrupted, fit
+from lora_jax.tokenizer import load_tokenizer
+from lora_jax.train import evaluate
 
 SHAPES = {  # model shapes by name, for counts without a checkpoint
     "roberta-base": ModelConfig.roberta_base,
@@ -181,8 +177,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, default=3, help="epochs (default 3)")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many steps")
     p.add_argument("--batch-size", type=positive_int, default=32, help="default 32")
-    p.add_argument("--lr", type=positive_float, help="peak learning rate (default: per "
-                   "method, full 5e-5, lora 1e-3, bitfit 2e-3, head 2e-3, adapter 1e-3)")
+    defaults = ", ".join(f"{m.name} {m.default_lr:g}" for m in REGISTRY.values())
+    p.add_argument("--lr", type=positive_float,
+                   help=f"peak learning rate (default: per method, {defaults})")
     p.add_argument("--weight-decay", type=nonnegative_float, default=0.01,
                    help="AdamW decay (default 0.01)")
     p.add_argument("--max-grad-norm", type=positive_float,
@@ -196,6 +193,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=positive_int,
                    help="also save a resumable state every N steps (always after each epoch)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--log-every", type=positive_int, default=LOG_EVERY,
+                   help="steps between reads of the loss back from the device (the loop never "
+                        f"waits for it in between; default {LOG_EVERY})")
     p.add_argument("--dtype", choices=tuple(COMPUTE_DTYPES), default="float32",
                    help="compute dtype; bfloat16 keeps params and optimizer state in float32 "
                         "(for GPU/TPU; not faster on small CPUs)")
@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one method on one GLUE task")
-    p.add_argument("--method", choices=METHODS, default="lora", help="what trains (default lora)")
+    p.add_argument("--method", choices=method_names(), default="lora",
+                   help="what trains (default lora)")
     add_train_flags(p)
     p.add_argument("--out", default=None, help="run directory (default runs/<task>-<method>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/state.safetensors")
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="several methods on one task, then a table")
     p.add_argument("--methods", default="full,lora",
-                   help=f"comma-separated, from {', '.join(METHODS)} (default full,lora)")
+                   help=f"comma-separated, from {', '.join(method_names())} (default full,lora)")
     add_train_flags(p)
     p.add_argument("--out", default=None, help="output directory (default runs/compare-<task>)")
     p.add_argument("--overwrite", action="store_true", help="replace a comparison already in "
@@ -277,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the --out file")
 
     p = sub.add_parser("info", help="parameter and byte counts for a model and method")
-    p.add_argument("--method", choices=METHODS, default="lora", help="what trains (default lora)")
+    p.add_argument("--method", choices=method_names(), default="lora",
+                   help="what trains (default lora)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="checkpoint: 'minilm' (all-MiniLM-L6-v2, offline), a Hugging Face "
                         f"model directory, or a shape without weights: {', '.join(SHAPES)}")
@@ -290,20 +292,21 @@ def cmd_train(args) -> int:
     cfg = train_config(args, args.method)
     out = Path(args.out or f"runs/{cfg.task}-{cfg.method}")
     result = fit(cfg, out, data_dir=args.data_dir, resume=args.resume, overwrite=args.overwrite,
-                 progress=not args.quiet, mesh=args.mesh)
+                 progress=not args.quiet, mesh=args.mesh, log_every=args.log_every)
     print(json.dumps({"run_dir": str(out), "best": result.best, "final": result.final}))
     return 0
 
 
 def cmd_compare(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in method_names()]
     if bad or not methods:
-        raise ValueError(f"--methods: unknown {bad or [args.methods]}; choose from {METHODS}")
+        raise ValueError(f"--methods: unknown {bad or [args.methods]}; "
+                         f"choose from {method_names()}")
     base = train_config(args, methods[0])
     out = Path(args.out or f"runs/compare-{base.task}")
     report = compare(base, methods, out, data_dir=args.data_dir, progress=not args.quiet,
-                     mesh=args.mesh, overwrite=args.overwrite)
+                     mesh=args.mesh, overwrite=args.overwrite, log_every=args.log_every)
     print(markdown_table(report))
     print(f"wrote {out}/compare.json, compare.md, compare.png")
     return 0
@@ -314,8 +317,8 @@ def cmd_eval(args) -> int:
     task = adapter_task(args.adapter, loaded[1], args.task, cross_task=args.cross_task)
     model, variables, meta, pre = restore(args.adapter, model=args.model, loaded=loaded)
     cfg = meta.get("train_config") or {}
-    positions = pre.config.max_position_embeddings - pre.config.position_offset
-    tok = load_tokenizer(pre.path, max_length=min(cfg.get("max_length", 128), positions))
+    tok = load_tokenizer(pre.path, max_length=min(cfg.get("max_length", 128),
+                                                  pre.config.max_positions))
     examples = (read_tsv(args.file, task) if args.file
                 else load_split(task, "dev", data_dir=args.data_dir))
     enc = encode(tok, examples)
@@ -361,9 +364,9 @@ def cmd_import_peft(args) -> int:
 def cmd_info(args) -> int:
     cfg = model_config(args.model, args.num_labels)
     lora = LoRAConfig(rank=args.rank, alpha=args.alpha, targets=args.targets, rslora=args.rslora)
-    check_rank(lora if args.method == "lora" else None, cfg, args.model)
-    report = parameter_report(cfg, args.method, lora if args.method == "lora" else None,
-                              adapter_size=args.adapter_size)
+    lora = lora if get_method(args.method).creates == LORA else None
+    check_rank(lora, cfg, args.model)
+    report = parameter_report(cfg, args.method, lora, adapter_size=args.adapter_size)
     print(json.dumps(report, indent=2))
     return 0
 

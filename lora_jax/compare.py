@@ -22,11 +22,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lora_jax.data import Task, get_task
+from lora_jax.config import TrainConfig
 from lora_jax.files import atomic_write, check_output_dir, read_manifest, write_manifest
-from lora_jax.optim import count_params, tree_bytes
+from lora_jax.glue import Task, get_task
+from lora_jax.optim import count_params
 from lora_jax.pretrained import load_pretrained
-from lora_jax.train import RunResult, TrainConfig, check_run_dir, fit, train_step
+from lora_jax.run import LOG_EVERY, RunResult, check_run_dir, fit
+from lora_jax.train import train_step
+from lora_jax.trees import human_bytes, tree_bytes
 
 COLUMNS = [  # (key, header, format)
     ("method", "method", "{}"),
@@ -37,18 +40,10 @@ COLUMNS = [  # (key, header, format)
     ("optimizer_state_bytes", "optimizer state", "{}"),
     ("step_memory_bytes", "step memory (XLA)", "{}"),
     ("median_step_ms", "median step ms", "{:.0f}"),
-    ("step_length", "at T", "{}"),
+    ("step_length", "mean T", "{}"),
     ("examples_per_s", "examples/s", "{:.0f}"),
     ("checkpoint_bytes", "checkpoint", "{}"),
 ]
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def step_memory(state, batch: dict) -> dict:
@@ -91,7 +86,7 @@ def measure(result: RunResult, cfg: TrainConfig, task: Task) -> dict:
              "label": np.zeros(cfg.batch_size, np.float32 if task.is_regression else np.int32),
              "weight": np.ones(cfg.batch_size, np.float32)}
     mem = step_memory(state, probe)
-    length_t, median_ms = result.typical_step()
+    timing = result.step_time()
     return {
         "method": cfg.method,
         "best": result.best["eval"][task.primary],
@@ -105,10 +100,9 @@ def measure(result: RunResult, cfg: TrainConfig, task: Task) -> dict:
         "optimizer_state_bytes": tree_bytes(state.opt_state),
         "step_memory_bytes": mem["peak"],
         "step_memory": mem,
-        "median_step_ms": median_ms,
-        "step_length": length_t,
-        "median_step_ms_by_length": result.median_step_ms(),
-        "examples_per_s": 1000 * cfg.batch_size / median_ms,
+        "median_step_ms": timing["median_step_ms"],
+        "step_length": round(timing["mean_step_length"], 1),
+        "examples_per_s": timing["examples_per_s"],
         "checkpoint_bytes": (result.run_dir / "adapter.safetensors").stat().st_size,
         "learning_rate": cfg.lr,
         "real_token_fraction": result.info["real_token_fraction"],
@@ -117,7 +111,7 @@ def measure(result: RunResult, cfg: TrainConfig, task: Task) -> dict:
 
 def compare(base: TrainConfig, methods: list[str], out_dir: str | os.PathLike, *,
             data_dir: str | None = None, progress: bool = True, mesh: str | None = None,
-            overwrite: bool = False) -> dict:
+            overwrite: bool = False, log_every: int = LOG_EVERY) -> dict:
     """Train ``base`` once per method (same data, seed, epochs) and tabulate the results.
 
     ``out_dir`` gets one run directory per method and the tables; it must be new or empty, or
@@ -136,7 +130,7 @@ def compare(base: TrainConfig, methods: list[str], out_dir: str | os.PathLike, *
     for method in methods:
         cfg = dataclasses.replace(base, method=method)
         result = fit(cfg, out / method, data_dir=data_dir, pretrained=pre, progress=progress,
-                     mesh=mesh, overwrite=overwrite)
+                     mesh=mesh, overwrite=overwrite, log_every=log_every)
         rows.append(measure(result, cfg, task))
     report = {"task": task.name, "primary": task.primary, "config": base.to_json(),
               "methods": methods, "rows": rows, "machine": machine_info(),

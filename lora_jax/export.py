@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lora_jax.adapters import adapter_train_config, head_outputs, restore
 from lora_jax.checkpoint import read_adapter
-from lora_jax.data import get_task
 from lora_jax.files import check_output_dir
-from lora_jax.lora import merge
-from lora_jax.pretrained import MERGED_KIND, resolve_model_dir, save_pretrained
-from lora_jax.train import adapter_train_config, head_outputs, restore
-
-MERGEABLE = ("lora", "bitfit", "head", "full")  # Houlsby adapters add layers: no merged form
+from lora_jax.glue import get_task
+from lora_jax.lora import LORA, merge
+from lora_jax.methods import REGISTRY, get_method
+from lora_jax.model_dir import resolve_model_dir
+from lora_jax.pretrained import MERGED_KIND, save_pretrained
 
 
 def hf_labels(meta: dict) -> list[str]:
@@ -51,14 +51,15 @@ def export_merged(adapter_path: str | os.PathLike, out_dir: str | os.PathLike, *
     reads = {"the adapter": adapter_path.parent, "the base model": resolve_model_dir(base)}
     check_output_dir(out_dir, MERGED_KIND, overwrite=overwrite, reads=reads)
     _, variables, meta, pre = restore(adapter_path, model=model, loaded=loaded)
-    method = meta["method"]
-    if method not in MERGEABLE:
-        raise ValueError(f"{adapter_path}: Houlsby adapters add layers; they cannot be folded "
-                         "into the base weights (that is LoRA's advantage). Merge works for "
-                         f"{', '.join(MERGEABLE)}")
-    if method == "lora":
+    method = get_method(meta["method"])
+    if not method.mergeable:
+        mergeable = [m.name for m in REGISTRY.values() if m.mergeable]
+        raise ValueError(f"{adapter_path}: {method.doc or method.name}: its layers add to the "
+                         "network; they cannot be folded into the base weights (that is LoRA's "
+                         f"advantage). Merge works for {', '.join(mergeable)}")
+    if method.creates == LORA:
         variables = merge(variables, adapter_train_config(adapter_path, meta).lora_config())
-    info = {"merged_from": str(adapter_path), "method": method, "task": meta["task"],
+    info = {"merged_from": str(adapter_path), "method": method.name, "task": meta["task"],
             "base_model": meta.get("base_model"), "base_fingerprint": meta["base_fingerprint"]}
     return save_pretrained(variables["params"], pre.config, out_dir, tokenizer_from=pre.path,
                            labels=hf_labels(meta), overwrite=overwrite,

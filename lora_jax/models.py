@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lora_jax.lora import LoRAConfig, LoRADense
+from lora_jax.lora import LORA, LoRAConfig, LoRADense
 from lora_jax.validate import ConfigError, choice, integer, real
 
 # Roles of the dense layers inside each transformer block, in order of use; then BERT's pooler
@@ -23,6 +23,17 @@ from lora_jax.validate import ConfigError, choice, integer, real
 # target_modules=["query", "key", "value", "dense"] adapts too.
 BLOCK_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
 LORA_TARGETS = (*BLOCK_TARGETS, "pooler")
+# Each block role's module inside ``<model_type>.encoder.layer.<i>``, dotted as Hugging Face
+# names it (our ``'params'`` tree uses the same names, with ``/``).
+ROLE_MODULES = {
+    "query": "attention.self.query",
+    "key": "attention.self.key",
+    "value": "attention.self.value",
+    "attention_output": "attention.output.dense",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+}
+POOLER_MODULE = "pooler.dense"  # BERT's pooler, inside ``<model_type>``: role "pooler"
 TARGET_PRESETS = {
     "qv": ("query", "value"),
     "attention": ("query", "key", "value", "attention_output"),
@@ -90,6 +101,11 @@ class ModelConfig:
     def position_offset(self) -> int:
         """First position id of a real token: 0 for BERT, pad_token_id + 1 for RoBERTa."""
         return self.pad_token_id + 1 if self.model_type == "roberta" else 0
+
+    @property
+    def max_positions(self) -> int:
+        """The longest input (in tokens) the position table covers."""
+        return self.max_position_embeddings - self.position_offset
 
     @classmethod
     def tiny(cls, **changes) -> ModelConfig:
@@ -389,3 +405,47 @@ def start_head_at(params: dict, cfg: ModelConfig, value: float) -> dict:
     else:
         head["bias"] = jnp.full_like(head["bias"], value)
     return {**params, "classifier": head}
+
+
+def layer_dims(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(d_in, d_out) of the dense layer behind each LoRA target role this model has
+    (``LORA_TARGETS``; RoBERTa has no pooler)."""
+    d, ff = cfg.hidden_size, cfg.intermediate_size
+    dims = {"query": (d, d), "key": (d, d), "value": (d, d), "attention_output": (d, d),
+            "intermediate": (d, ff), "output": (ff, d)}
+    if cfg.model_type == "bert":
+        dims["pooler"] = (d, d)
+    return dims
+
+
+def check_rank(lora: LoRAConfig | None, cfg: ModelConfig, name: str = "the model") -> None:
+    """LoRA's update ``A @ B`` has rank at most ``min(d_in, d_out)`` of its layer: a larger
+    rank only adds parameters. Checked from the config's shapes, before anything is built."""
+    if lora is None:
+        return
+    dims = layer_dims(cfg)
+    check_targets(lora, cfg.model_type)
+    for target in lora.targets:
+        d_in, d_out = dims[target]
+        if lora.rank > min(d_in, d_out):
+            largest = min(min(dims[t]) for t in lora.targets if t in dims)
+            raise ValueError(f"--rank {lora.rank} is larger than the {target} layer of {name} "
+                             f"allows: it maps {d_in} -> {d_out} features, so its update has "
+                             f"rank at most {min(d_in, d_out)}; use --rank <= {largest}")
+
+
+def check_max_length(max_length: int, cfg: ModelConfig, name: str = "the model") -> None:
+    """Examples no longer than the model's position table (XLA would clamp the positions
+    silently); checked before any data is read."""
+    if max_length > cfg.max_positions:
+        raise ValueError(f"--max-length {max_length} is longer than the {cfg.max_positions} "
+                         f"positions of {name}; use --max-length <= {cfg.max_positions}")
+
+
+def abstract_variables(cfg: ModelConfig, lora: LoRAConfig | None = None,
+                       adapter_size: int | None = None) -> dict:
+    """Every variable of the model as shapes only (``jax.eval_shape``: no memory, no compute):
+    ``'params'``, and ``'lora'`` / ``'adapters'`` when ``lora`` / ``adapter_size`` is given."""
+    model = SequenceClassifier(cfg, lora, adapter_size)
+    rngs = {"params": jax.random.key(0), LORA: jax.random.key(1), ADAPTERS: jax.random.key(2)}
+    return jax.eval_shape(lambda: model.init(rngs, jnp.zeros((1, 2), jnp.int32)))

@@ -1,4 +1,5 @@
-"""What trains is data: label rules per method, and the optimizer that obeys them.
+"""What trains is data: a method's label rules (``lora_jax.methods``), and the optimizer
+that obeys them.
 
 Each method is an ordered list of ``(regex, label)`` rules over flattened variable paths such as
 ``params/bert/encoder/layer/0/attention/self/query/kernel`` or ``lora/bert/.../query/a``. The
@@ -18,71 +19,30 @@ import re
 from typing import Any
 
 import jax
-import numpy as np
 import optax
-from flax import traverse_util
 
-TRAINABLE = "trainable"
-FROZEN = "frozen"
-
-HEAD = r"^params/classifier/"  # the task head: new for every task, trained by every method
-
-METHOD_RULES: dict[str, tuple[tuple[str, str], ...]] = {
-    "full": (
-        (r"^params/", TRAINABLE),
-    ),
-    "lora": (
-        (r"^lora/", TRAINABLE),
-        (HEAD, TRAINABLE),
-        (r"^params/", FROZEN),
-    ),
-    "bitfit": (
-        (HEAD, TRAINABLE),
-        (r"^params/.*/bias$", TRAINABLE),
-        (r"^params/", FROZEN),
-    ),
-    "adapter": (  # Houlsby et al.: bottleneck adapters, LayerNorms and the head
-        (r"^adapters/", TRAINABLE),
-        (HEAD, TRAINABLE),
-        (r"^params/.*/LayerNorm/", TRAINABLE),
-        (r"^params/", FROZEN),
-    ),
-    "head": (
-        (HEAD, TRAINABLE),
-        (r"^params/", FROZEN),
-    ),
-}
-METHODS = tuple(METHOD_RULES)
+from lora_jax.methods import FROZEN, HEAD, TRAINABLE, Method, get_method
+from lora_jax.trees import flatten, size, unflatten
 
 
-def flatten(tree: dict) -> dict[str, Any]:
-    """``{'params': {'a': {'kernel': x}}}`` -> ``{'params/a/kernel': x}``."""
-    return traverse_util.flatten_dict(tree, sep="/")
-
-
-def unflatten(flat: dict[str, Any]) -> dict:
-    return traverse_util.unflatten_dict(flat, sep="/")
-
-
-def label_of(path: str, method: str) -> str:
+def label_of(path: str, method: str | Method) -> str:
     """The label of one flattened path under a method's rules (first match wins)."""
-    if method not in METHOD_RULES:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    for pattern, label in METHOD_RULES[method]:
+    m = get_method(method)
+    for pattern, label in m.rules:
         if re.search(pattern, path):
             return label
     raise ValueError(
-        f"variable {path!r} is not covered by any rule of method {method!r}; "
-        f"rules: {[p for p, _ in METHOD_RULES[method]]}"
+        f"variable {path!r} is not covered by any rule of method {m.name!r}; "
+        f"rules: {[p for p, _ in m.rules]}"
     )
 
 
-def trainable_labels(variables: dict, method: str) -> dict:
+def trainable_labels(variables: dict, method: str | Method) -> dict:
     """A tree shaped like ``variables`` with ``'trainable'`` or ``'frozen'`` at every leaf."""
     return unflatten({p: label_of(p, method) for p in flatten(variables)})
 
 
-def split(variables: dict, method: str) -> tuple[dict, dict]:
+def split(variables: dict, method: str | Method) -> tuple[dict, dict]:
     """``(trainable, frozen)``: two nested dicts that partition ``variables`` by label."""
     parts: dict[str, dict[str, Any]] = {TRAINABLE: {}, FROZEN: {}}
     for path, leaf in flatten(variables).items():
@@ -101,15 +61,8 @@ def combine(*trees: dict) -> dict:
     return unflatten(flat)
 
 
-def _size(x: Any) -> int:
-    return int(np.prod(x.shape)) if hasattr(x, "shape") else int(np.size(x))
-
-
-def _nbytes(x: Any) -> int:
-    return _size(x) * np.dtype(x.dtype).itemsize if hasattr(x, "dtype") else 0
-
-
-def count_params(variables: dict, method: str | None = None, *, include_head: bool = True) -> int:
+def count_params(variables: dict, method: str | Method | None = None, *,
+                 include_head: bool = True) -> int:
     """Number of scalars in ``variables``; with ``method``, only the trainable ones.
 
     Works on real arrays and on ``jax.eval_shape`` outputs (no memory needed).
@@ -121,13 +74,8 @@ def count_params(variables: dict, method: str | None = None, *, include_head: bo
             continue
         if not include_head and re.search(HEAD, path):
             continue
-        total += _size(leaf)
+        total += size(leaf)
     return total
-
-
-def tree_bytes(tree: Any) -> int:
-    """Bytes of every array leaf in a pytree (optimizer states, checkpoints, ...)."""
-    return sum(_nbytes(x) for x in jax.tree.leaves(tree))
 
 
 def linear_schedule(learning_rate: float, total_steps: int, warmup_ratio: float = 0.06):

@@ -2,9 +2,9 @@
 base weights sharded over a second axis (FSDP-style) while the small trainable leaves stay
 replicated.
 
-The train step does not change: ``train_step`` is jitted once, and XLA's SPMD partitioner
-compiles it for whatever shardings its inputs carry (computation follows data). This module
-only decides where each array lives:
+The train step does not change: ``lora_jax.run`` jits ``train_step`` with the shardings this
+module returns, and XLA's SPMD partitioner compiles it for them (computation follows data).
+This module only decides where each array lives, and never imports the trainer:
 
 - the batch is split along its first axis over ``data``;
 - a frozen leaf with two or more axes is split over ``model`` along its largest axis that the
@@ -19,6 +19,7 @@ process; ``jax.devices()`` then lists all hosts' devices and the same mesh spans
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -26,7 +27,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lora_jax.optim import FROZEN, trainable_labels
+from lora_jax.methods import FROZEN
+from lora_jax.optim import trainable_labels
 
 AXES = ("data", "model")
 
@@ -110,6 +112,11 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
     return out
 
 
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Where a batch lives: split along its first axis over ``data``."""
+    return NamedSharding(mesh, P("data"))
+
+
 def state_shardings(state: Any, mesh: Mesh) -> Any:
     """A pytree shaped like ``state`` with the ``NamedSharding`` of each leaf."""
     replicated = NamedSharding(mesh, P())
@@ -118,14 +125,11 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
         opt_state=jax.tree.map(lambda _: replicated, state.opt_state), rng=replicated)
 
 
-def sharded_train_step(state: Any, mesh: Mesh):
-    """``train.step_fn`` jitted with this mesh's shardings: the state keeps its layout from step
-    to step (inputs and outputs pinned, buffers donated), the batch is split over ``data`` and
-    the metrics come back replicated. Same function as ``train_step``; only the placement
-    differs."""
-    from lora_jax.train import step_fn
-
+def jit_on_mesh(step: Callable, state: Any, mesh: Mesh) -> Callable:
+    """``step(state, batch) -> (state, metrics)`` (``train.train_step``) jitted for ``mesh``:
+    the state keeps its layout from step to step (inputs and outputs pinned, its buffers
+    donated), the batch is split over ``data`` and the metrics come back replicated. The
+    computation is the step's own; only the placement is added."""
     shardings = state_shardings(state, mesh)
-    replicated = NamedSharding(mesh, P())
-    return jax.jit(step_fn, in_shardings=(shardings, NamedSharding(mesh, P("data"))),
-                   out_shardings=(shardings, replicated), donate_argnums=0)
+    return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)),
+                   out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)

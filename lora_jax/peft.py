@@ -28,18 +28,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from lora_jax.checkpoint import CheckpointFileError, read_adapter, save_adapter
-from lora_jax.data import get_task
+from lora_jax.config import TrainConfig
 from lora_jax.files import atomic_write_dir, check_output_dir, check_output_file
+from lora_jax.glue import get_task
 from lora_jax.lora import LORA, LoRAConfig
-from lora_jax.models import LORA_TARGETS, ModelConfig, SequenceClassifier
-from lora_jax.optim import flatten, split, unflatten
+from lora_jax.methods import REGISTRY, Method, get_method
+from lora_jax.models import (
+    LORA_TARGETS,
+    POOLER_MODULE,
+    ROLE_MODULES,
+    ModelConfig,
+    SequenceClassifier,
+    abstract_variables,
+)
+from lora_jax.optim import split
 from lora_jax.pretrained import (
     ALIASES,
     CheckpointError,
@@ -49,7 +57,7 @@ from lora_jax.pretrained import (
     load_pretrained,
     path_to_hf,
 )
-from lora_jax.train import TrainConfig
+from lora_jax.trees import flatten, unflatten
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -59,16 +67,6 @@ PREFIX = "base_model.model."  # PEFT's prefix of every saved key (PeftModel -> L
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the 'minilm' alias stands for
 HEAD_MODULES = ["classifier", "score"]  # PEFT's modules_to_save for task_type SEQ_CLS
 
-# Each block role's module inside ``<model_type>.encoder.layer.<i>`` (Hugging Face naming).
-ROLE_MODULES = {
-    "query": "attention.self.query",
-    "key": "attention.self.key",
-    "value": "attention.self.value",
-    "attention_output": "attention.output.dense",
-    "intermediate": "intermediate.dense",
-    "output": "output.dense",
-}
-POOLER_MODULE = "pooler.dense"  # BERT's pooler, inside ``<model_type>``: role "pooler"
 # The target_modules entry per role. PEFT matches a list entry against a module's full name
 # exactly or as a dotted suffix, so "output.dense" would also select "attention.output.dense":
 # targeting "output" alone needs a regex (see ``target_modules``).
@@ -187,18 +185,17 @@ def _dense_modules(cfg: ModelConfig) -> list[str]:
 
 def _template(cfg: ModelConfig, lora: LoRAConfig | None) -> dict[str, Any]:
     """Flat path -> ShapeDtypeStruct of all variables of the model (no weights computed)."""
-    model = SequenceClassifier(cfg, lora)
+    return flatten(abstract_variables(cfg, lora))
 
-    def init():
-        k = jax.random.key(0)
-        return model.init({"params": k, LORA: k}, jnp.zeros((1, 2), jnp.int32))
 
-    return flatten(jax.eval_shape(init))
+def peft_method() -> Method:
+    """The registered method that PEFT's ``peft_type: LORA`` maps to."""
+    return next(m for m in REGISTRY.values() if m.peft_type == "LORA")
 
 
 def _adapter_template(cfg: ModelConfig, lora: LoRAConfig) -> dict[str, Any]:
     """Flat path -> shape of exactly the leaves a LoRA adapter file holds (A, B and the head)."""
-    return flatten(split(unflatten(_template(cfg, lora)), "lora")[0])
+    return flatten(split(unflatten(_template(cfg, lora)), peft_method())[0])
 
 
 # --- export -------------------------------------------------------------------------------------
@@ -244,7 +241,7 @@ def export_peft(adapter_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     reads = {"the adapter": Path(adapter_path).parent}
     check_output_dir(out_dir, PEFT_KIND, overwrite=overwrite, reads=reads)  # before any work
     tensors, meta = read_adapter(adapter_path)
-    if meta["method"] != "lora":
+    if get_method(meta["method"]).peft_type != "LORA":
         raise CheckpointFileError(f"{adapter_path}: method {meta['method']!r} is not LoRA; only "
                                   "LoRA adapters have a PEFT LoRA form")
     for field in ("model_config", "train_config"):
@@ -502,7 +499,7 @@ def save_imported(imported: PeftImport, path: str | os.PathLike, *, task: str | 
         labels = [] if n == 1 else [f"LABEL_{i}" for i in range(n)]
         names = [f"LABEL_{i}" for i in range(n)]
     lora = imported.lora
-    train_config = {"method": "lora", "model": imported.base, "rank": lora.rank,
+    train_config = {"method": peft_method().name, "model": imported.base, "rank": lora.rank,
                     "alpha": lora.alpha, "targets": list(lora.targets),
                     "lora_dropout": lora.dropout, "rslora": lora.rslora}
     if task is not None:
@@ -516,4 +513,4 @@ def save_imported(imported: PeftImport, path: str | os.PathLike, *, task: str | 
                           "base_model_name_or_path":
                               imported.peft_config.get("base_model_name_or_path")},
     }
-    return save_adapter(path, imported.variables, "lora", meta)
+    return save_adapter(path, imported.variables, peft_method().name, meta)

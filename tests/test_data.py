@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lora_jax import data as data_mod
+from lora_jax import glue as data_mod
 from lora_jax.data import (
     TASKS,
     Batcher,

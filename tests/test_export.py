@@ -71,7 +71,8 @@ def test_merged_directory_carries_the_base_tokenizer_files(merged):
 
 def test_a_base_without_tokenizer_config_gets_one_with_its_position_limit(tiny_base, tiny_glue,
                                                                          tmp_path):
-    from lora_jax.train import TrainConfig, fit
+    from lora_jax.config import TrainConfig
+    from lora_jax.run import fit
 
     base = shutil.copytree(tiny_base, tmp_path / "base")
     assert not (base / "tokenizer_config.json").exists()

@@ -16,10 +16,10 @@ import time
 import pytest
 from safetensors import safe_open
 
-import lora_jax.train as train_mod
+import lora_jax.run as run_mod
 from lora_jax.checkpoint import META_KEY
 from lora_jax.cli import main
-from lora_jax.train import _StopOnSignal
+from lora_jax.run import _StopOnSignal
 
 
 def train_args(base, glue, out, *extra):
@@ -131,7 +131,7 @@ def test_sigint_saves_exits_130_with_a_resume_command_that_finishes(
 
 def test_sigterm_saves_the_step_in_flight_exits_143_and_restores_the_handlers(
         tiny_base, tiny_glue, tmp_path, monkeypatch, capsys):
-    real = train_mod.shard_batch
+    real = run_mod.shard_batch
     calls = []
 
     def shard_and_signal(batch, mesh):  # SIGTERM arrives while step 3 is being prepared
@@ -141,7 +141,7 @@ def test_sigterm_saves_the_step_in_flight_exits_143_and_restores_the_handlers(
         return real(batch, mesh)
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(train_mod, "shard_batch", shard_and_signal)
+    monkeypatch.setattr(run_mod, "shard_batch", shard_and_signal)
     run = tmp_path / "run"
     args = train_args(tiny_base, tiny_glue, run)
     args[args.index("--save-every"):args.index("--save-every") + 2] = []  # only the stop saves

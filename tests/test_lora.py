@@ -9,7 +9,7 @@ import pytest
 from conftest import init_model, make_batch
 
 from lora_jax import LoRAConfig, LoRADense, ModelConfig, SequenceClassifier, merge, unmerge
-from lora_jax.optim import flatten
+from lora_jax.trees import flatten
 
 
 def perturb_b(variables: dict, seed: int = 1, std: float = 0.5) -> dict:

@@ -8,7 +8,7 @@ from conftest import init_model
 
 from lora_jax import ModelConfig, SequenceClassifier
 from lora_jax.models import Encoder
-from lora_jax.optim import flatten
+from lora_jax.trees import flatten
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from lora_jax import LoRAConfig, ModelConfig, TrainConfig
 from lora_jax.cli import main
 from lora_jax.files import MANIFEST, OutputExistsError, check_output_dir
-from lora_jax.train import fit
+from lora_jax.run import fit
 
 TRAIN = ["--max-length", "16", "--batch-size", "16", "--epochs", "1", "--max-steps", "2",
          "--quiet"]

@@ -18,7 +18,7 @@ from lora_jax import (
     trainable_labels,
     tree_bytes,
 )
-from lora_jax.optim import flatten
+from lora_jax.trees import flatten
 
 LORA = LoRAConfig(rank=4, alpha=16.0)
 

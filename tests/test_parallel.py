@@ -12,13 +12,15 @@ import jax
 import numpy as np
 import pytest
 
+from lora_jax.config import TrainConfig
 from lora_jax.parallel import parse_mesh
-from lora_jax.train import TrainConfig, fit
+from lora_jax.run import fit
 
 MESH_RUNS = textwrap.dedent("""
     import json, sys
     import jax
-    from lora_jax.train import TrainConfig, fit
+    from lora_jax.config import TrainConfig
+    from lora_jax.run import fit
     base, glue, out = sys.argv[1:4]
     report = {"devices": jax.device_count()}
     for method in ("lora", "full"):

@@ -17,9 +17,9 @@ from safetensors.numpy import load_file, save_file
 from lora_jax import LoRAConfig, ModelConfig, SequenceClassifier, load_pretrained
 from lora_jax.checkpoint import CheckpointFileError, read_adapter, save_adapter
 from lora_jax.cli import main
+from lora_jax.config import TrainConfig
 from lora_jax.files import OutputExistsError
 from lora_jax.models import BLOCK_TARGETS, LORA_TARGETS
-from lora_jax.optim import flatten, unflatten
 from lora_jax.peft import (
     PeftFormatError,
     _dense_modules,
@@ -30,8 +30,10 @@ from lora_jax.peft import (
     save_imported,
     target_modules,
 )
-from lora_jax.pretrained import load_tokenizer, pad_batch, save_pretrained
-from lora_jax.train import TrainConfig, init_variables
+from lora_jax.pretrained import save_pretrained
+from lora_jax.tokenizer import load_tokenizer, pad_batch
+from lora_jax.train import init_variables
+from lora_jax.trees import flatten, unflatten
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL = FIXTURES / "peft_minilm"

@@ -71,8 +71,10 @@ def test_bad_adapter_ids(ids, message):
 
 
 def test_load_stacked_adapter_files_route_rows_like_restore(tiny_base, tiny_glue, tmp_path):
+    from lora_jax.adapters import restore
+    from lora_jax.config import TrainConfig
+    from lora_jax.run import fit
     from lora_jax.serving import load_stacked
-    from lora_jax.train import TrainConfig, fit, restore
 
     paths = []
     for task in ("sst2", "rte"):

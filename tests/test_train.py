@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from conftest import write_tiny_checkpoint
 
+from lora_jax.adapters import restore
 from lora_jax.checkpoint import CheckpointFileError, apply_adapter, read_adapter
+from lora_jax.config import TrainConfig
 from lora_jax.data import GlueDataError
-from lora_jax.train import TrainConfig, TrainingDiverged, evaluate, fit, restore
+from lora_jax.run import TrainingDiverged, fit
+from lora_jax.train import evaluate
 
 
 def config(tiny_base, **kw):
@@ -91,7 +94,7 @@ def test_start_head_at_sets_only_the_output_bias():
     import jax
 
     from lora_jax.models import ModelConfig, init_head, start_head_at
-    from lora_jax.optim import flatten
+    from lora_jax.trees import flatten
 
     for cfg in (ModelConfig.tiny(num_labels=1), ModelConfig.tiny(num_labels=1,
                                                                   model_type="roberta")):
@@ -196,9 +199,10 @@ def test_nan_gradient_with_a_finite_loss_stops_and_the_previous_checkpoint_resum
     every weight. The run stops naming the step; the state of step 2 on disk still trains on."""
     import jax.numpy as jnp
 
+    import lora_jax.run as run_mod
     import lora_jax.train as train_mod
 
-    real_step, real_forward = train_mod.step_fn, train_mod.forward
+    real_step, real_forward = train_mod.train_step, train_mod.forward
 
     def poisoned_step(state, batch):
         return real_step(state, {**batch, "poison": (state.step == 2).astype(jnp.float32)})
@@ -210,7 +214,7 @@ def test_nan_gradient_with_a_finite_loss_stops_and_the_previous_checkpoint_resum
         # adds exactly 0; its derivative is 0 * inf = NaN when poisoned (sqrt'(0) = inf)
         return logits + 0.0 * jnp.sqrt(0.0 * logits + 1.0 - batch["poison"])
 
-    monkeypatch.setattr(train_mod, "step_fn", poisoned_step)
+    monkeypatch.setattr(run_mod, "train_step", poisoned_step)
     monkeypatch.setattr(train_mod, "forward", poisoned_forward)
     cfg = config(tiny_base, method="lora", epochs=1, save_every=1)
     run = tmp_path / "run"
@@ -232,7 +236,7 @@ def test_max_grad_norm_clips_the_gradient_before_adam(tiny_base, tiny_glue, tmp_
     ``fit`` hands ``max_grad_norm`` to the optimizer."""
     import jax.numpy as jnp
 
-    import lora_jax.train as train_mod
+    import lora_jax.run as run_mod
     from lora_jax.optim import make_optimizer, trainable_labels
 
     params = {"params": {"classifier": {"kernel": jnp.ones((4, 2))}}}
@@ -256,14 +260,14 @@ def test_max_grad_norm_clips_the_gradient_before_adam(tiny_base, tiny_glue, tmp_
         seen.update(kw)
         raise Stop
 
-    monkeypatch.setattr(train_mod, "make_optimizer", spy)
+    monkeypatch.setattr(run_mod, "make_optimizer", spy)
     with pytest.raises(Stop):
         fit(config(tiny_base, max_grad_norm=0.5), tmp_path, data_dir=tiny_glue, progress=False)
     assert seen["max_grad_norm"] == 0.5
 
 
 def test_log_lines_past_the_saved_position_are_dropped_on_resume(tmp_path):
-    from lora_jax.train import _truncate_log
+    from lora_jax.run import _truncate_log
 
     log = tmp_path / "metrics.jsonl"
     steps = [{"step": i, "epoch": 0, "loss": 1.0 / i} for i in range(1, 7)]
@@ -374,11 +378,11 @@ def test_bad_train_config_names_the_field(tiny_base):
 
 
 def test_target_dims_are_the_kernel_shapes_of_every_lora_target():
-    """``check_rank`` reads layer widths from ``target_dims``; they must be the model's own."""
+    """``check_rank`` reads layer widths from ``layer_dims``; they must be the model's own."""
     from lora_jax.models import LORA_TARGETS, ModelConfig
-    from lora_jax.optim import flatten
+    from lora_jax.models import layer_dims as target_dims
     from lora_jax.report import abstract_variables
-    from lora_jax.train import target_dims
+    from lora_jax.trees import flatten
 
     cfg = ModelConfig.tiny(intermediate_size=48)
     kernels = flatten(abstract_variables(cfg, None)["params"])

@@ -50,8 +50,9 @@ def make_adapter(task: str, path: Path) -> Path:
 
     from lora_jax import get_task, load_pretrained
     from lora_jax.checkpoint import save_adapter
-    from lora_jax.optim import flatten, unflatten
-    from lora_jax.train import TrainConfig, build_model, init_variables
+    from lora_jax.config import TrainConfig
+    from lora_jax.train import build_model, init_variables
+    from lora_jax.trees import flatten, unflatten
 
     t = get_task(task)
     cfg = TrainConfig(task=task, rank=2, alpha=4.0, targets=("query", "value"), seed=0)

@@ -1,0 +1,89 @@
+"""The training loop's throughput against the bare jitted step, in the same run.
+
+``fit`` dispatches ``train_step`` asynchronously and reads the metrics back every
+``log_every`` steps; between those reads the host only batches, places and logs. This measures
+what that host work costs: examples per second of ``fit``'s timed windows (steps that compiled
+excluded) against the same step dispatched back to back on batches already on the device, over
+the same epoch of the same data. Rounds interleave bare and loop runs (A B C D A B C D), and the
+report gives medians.
+
+    python benchmarks/loop_overhead.py                      # MiniLM, SST-2, log_every 1,10,50
+    python benchmarks/loop_overhead.py --log-every 1,10 --rounds 3 --train-limit 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+from common import RESULTS, emit, header
+
+from lora_jax import TrainConfig, fit, load_pretrained
+from lora_jax.parallel import shard_batch
+from lora_jax.run import _set_up
+
+
+def bare(cfg: TrainConfig, pre, data_dir) -> float:
+    """Examples/s of the jitted step alone over one epoch, batches placed beforehand."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = _set_up(cfg, Path(tmp), data_dir=data_dir, pretrained=pre, resume=False,
+                      overwrite=False, mesh=None, log_every=1)
+    batches = list(run.train_batches.epoch(0))
+    placed = [shard_batch({k: v for k, v in b.items() if k != "index"}, run.mesh)
+              for b in batches]
+    state, seen = run.state, set()
+    for b, p in zip(batches, placed, strict=True):  # compile every shape first
+        if b["input_ids"].shape not in seen:
+            seen.add(b["input_ids"].shape)
+            state, m = run.step_fn(state, p)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for p in placed:
+        state, m = run.step_fn(state, p)
+    jax.block_until_ready((state, m))
+    return sum(float(b["weight"].sum()) for b in batches) / (time.perf_counter() - t0)
+
+
+def loop(cfg: TrainConfig, pre, data_dir, log_every: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        result = fit(cfg, Path(tmp) / "run", data_dir=data_dir, pretrained=pre,
+                     progress=False, log_every=log_every)
+    return result.step_time()["examples_per_s"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--method", default="lora")
+    p.add_argument("--train-limit", type=int, default=1024)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--log-every", default="1,10,50")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--data-dir")
+    p.add_argument("--out", default=str(RESULTS / "loop_overhead.jsonl"))
+    args = p.parse_args()
+    cfg = TrainConfig(task=args.task, method=args.method, model=args.model, epochs=1,
+                      train_limit=args.train_limit, eval_limit=64, max_length=args.max_length,
+                      batch_size=args.batch_size)
+    pre = load_pretrained(args.model, num_labels=2)
+    every = [int(x) for x in args.log_every.split(",")]
+    runs: dict[str, list[float]] = {"bare": [], **{f"log_every={k}": [] for k in every}}
+    for _ in range(args.rounds):
+        runs["bare"].append(bare(cfg, pre, args.data_dir))
+        for k in every:
+            runs[f"log_every={k}"].append(loop(cfg, pre, args.data_dir, k))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    emit({**header("loop_overhead", {**cfg.to_json(), "rounds": args.rounds,
+                                     "backend": jax.default_backend()}),
+          "examples_per_s": runs, "median_examples_per_s": med,
+          "loop_over_bare": {k: med[k] / med["bare"] for k in med if k != "bare"}}, args.out)
+
+
+if __name__ == "__main__":
+    main()
