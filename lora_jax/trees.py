@@ -38,8 +38,8 @@ def tree_bytes(tree: Any) -> int:
 
 def human_bytes(n: float) -> str:
     """``1234567`` -> ``'1.2 MB'`` (powers of 1000, as the tables print them)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1000
-    return f"{n:.1f} GB"
+    raise AssertionError("unreachable")
