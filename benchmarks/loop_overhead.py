@@ -39,11 +39,11 @@ def bare(cfg: TrainConfig, pre, data_dir) -> float:
     for b, p in zip(batches, placed, strict=True):  # compile every shape first
         if b["input_ids"].shape not in seen:
             seen.add(b["input_ids"].shape)
-            state, m = run.step_fn(state, p)
+            state, m = run.train_step(state, p)
     jax.block_until_ready(m)
     t0 = time.perf_counter()
     for p in placed:
-        state, m = run.step_fn(state, p)
+        state, m = run.train_step(state, p)
     jax.block_until_ready((state, m))
     return sum(float(b["weight"].sum()) for b in batches) / (time.perf_counter() - t0)
 

@@ -4,31 +4,44 @@ The public names below are used by the notebooks and slides; keep them stable.
 """
 
 from lora_jax.adapters import restore
+from lora_jax.checkpoint import (
+    CheckpointFileError,
+    apply_adapter,
+    read_adapter,
+    save_adapter,
+)
+from lora_jax.compare import machine_info, step_memory
 from lora_jax.config import TrainConfig
-from lora_jax.data import get_task, load_split
+from lora_jax.data import Batcher, choose_buckets, encode, get_task, load_split
 from lora_jax.export import export_merged
 from lora_jax.lora import LoRAConfig, LoRADense, delta_w, merge, unmerge
-from lora_jax.methods import DEFAULT_LR, METHODS, Method, get_method, register
+from lora_jax.methods import DEFAULT_LR, METHOD_RULES, METHODS, Method, get_method, register
 from lora_jax.models import (
     BLOCK_TARGETS,
     LORA_TARGETS,
     TARGET_PRESETS,
+    Encoder,
     ModelConfig,
     SequenceClassifier,
+    abstract_variables,
 )
 from lora_jax.optim import (
     count_params,
+    label_of,
     make_optimizer,
     trainable_labels,
 )
+from lora_jax.paper import PAPER, TABLE2_ROBERTA_BASE
 from lora_jax.pretrained import (
     Pretrained,
+    fingerprint,
     load_pretrained,
     load_tokenizer,
     save_pretrained,
 )
 from lora_jax.report import parameter_report
 from lora_jax.run import fit
+from lora_jax.serving import adapter_part, check_ids, mixed_logits, stack_adapters
 from lora_jax.train import (
     TrainState,
     build_model,
@@ -46,24 +59,37 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BLOCK_TARGETS",
+    "Batcher",
+    "CheckpointFileError",
     "DEFAULT_LR",
+    "Encoder",
     "LORA_TARGETS",
-    "METHODS",
-    "TARGET_PRESETS",
     "LoRAConfig",
-    "Method",
     "LoRADense",
+    "METHODS",
+    "METHOD_RULES",
+    "Method",
     "ModelConfig",
+    "PAPER",
+    "Pretrained",
     "SequenceClassifier",
+    "TABLE2_ROBERTA_BASE",
+    "TARGET_PRESETS",
     "TrainConfig",
     "TrainState",
-    "Pretrained",
+    "abstract_variables",
+    "adapter_part",
+    "apply_adapter",
     "build_model",
+    "check_ids",
+    "choose_buckets",
     "count_params",
     "create_train_state",
     "delta_w",
+    "encode",
     "evaluate",
     "export_merged",
+    "fingerprint",
     "fit",
     "flatten",
     "forward",
@@ -71,16 +97,23 @@ __all__ = [
     "get_task",
     "human_bytes",
     "init_variables",
+    "label_of",
     "load_pretrained",
     "load_split",
     "load_tokenizer",
+    "machine_info",
     "make_optimizer",
     "merge",
+    "mixed_logits",
     "parameter_report",
     "predict",
+    "read_adapter",
     "register",
     "restore",
+    "save_adapter",
     "save_pretrained",
+    "stack_adapters",
+    "step_memory",
     "task_loss",
     "train_step",
     "trainable_labels",

@@ -156,7 +156,7 @@ class _Run:
     meta: dict
     adapter_meta: dict
     mesh: Mesh
-    step_fn: Callable
+    train_step: Callable  # train.train_step, jitted for the mesh
     result: RunResult
     log_every: int
 
@@ -273,7 +273,7 @@ class _Host:
         if new:
             self.seen.add(shape)
             self.flush()  # close the window before the compile
-        state, metrics = self.run.step_fn(state, placed)
+        state, metrics = self.run.train_step(state, placed)
         self.step, self.ran = self.step + 1, self.ran + 1
         self.pending.append((self.step, epoch, metrics))
         self.examples += float(batch["weight"].sum())

@@ -7,6 +7,7 @@ import inspect
 import re
 from pathlib import Path
 
+import lora_jax
 import lora_jax.run
 import lora_jax.train
 
@@ -83,3 +84,32 @@ def test_no_method_name_is_compared_outside_the_registry():
     found = [f"{p.name}:{n}: {line.strip()}" for p in PACKAGE.glob("*.py") if p.name != "methods.py"
              for n, line in enumerate(p.read_text().splitlines(), 1) if compared.search(line)]
     assert not found, found
+
+
+def test_every_name_the_notebooks_readme_and_slides_import_is_public():
+    """What a student copies from a notebook, the README or a slide is ``lora_jax``'s public
+    API (``__all__``). Exceptions: ``lora_jax.notebook`` (the notebooks' own helpers) and the
+    ``compare`` function, which shares its module's name."""
+    import json
+
+    root = PACKAGE.parent
+    sources = {}
+    for nb in sorted((root / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+        sources[nb.name] = "\n".join(line for cell in code for line in cell.splitlines()
+                                     if not line.startswith(("%", "!")))
+    for doc in ("README.md", "slides/lora.md"):
+        text = (root / doc).read_text(encoding="utf-8")
+        sources[doc] = "\n".join(re.findall(r"```python\n(.*?)```", text, re.S))
+    allowed = {("lora_jax.compare", "compare")}
+    private = []
+    for where, src in sources.items():
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lora_jax"):
+                if node.module == "lora_jax.notebook":
+                    continue
+                private += [f"{where}: {node.module}.{a.name}" for a in node.names
+                            if a.name not in lora_jax.__all__
+                            and (node.module, a.name) not in allowed]
+    assert not private, private
