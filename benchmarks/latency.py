@@ -16,7 +16,7 @@ import statistics
 import jax
 from common import LORA, RESULTS, emit, header, no_dropout, synthetic_batch, timed
 
-from lora_jax import SequenceClassifier, load_pretrained, merge, predict
+from lora_jax import SequenceClassifier, load_pretrained, merge, perturb, predict
 from lora_jax.train import init_variables
 
 
@@ -24,19 +24,14 @@ def variants(pre, adapter_size: int = 64) -> dict:
     """name -> (apply_fn, variables), with non-zero adapters so they do real work."""
     cfg = no_dropout(pre.config)
 
-    def perturbed(tree, seed):
-        leaves, treedef = jax.tree.flatten(tree)
-        keys = jax.random.split(jax.random.key(seed), len(leaves))
-        return jax.tree.unflatten(treedef, [x + 0.01 * jax.random.normal(k, x.shape)
-                                            for k, x in zip(keys, leaves, strict=True)])
-
     base = SequenceClassifier(cfg)
     lora_model = SequenceClassifier(cfg, LORA)
     lora_vars = init_variables(lora_model, pre.params, "lora", jax.random.key(0))
-    lora_vars = {**lora_vars, "lora": perturbed(lora_vars["lora"], 1)}
+    lora_vars = {**lora_vars, "lora": perturb(lora_vars["lora"], jax.random.key(1), 0.01)}
     adapter_model = SequenceClassifier(cfg, None, adapter_size)
     adapter_vars = init_variables(adapter_model, pre.params, "adapter", jax.random.key(2))
-    adapter_vars = {**adapter_vars, "adapters": perturbed(adapter_vars["adapters"], 3)}
+    adapter_vars = {**adapter_vars,
+                    "adapters": perturb(adapter_vars["adapters"], jax.random.key(3), 0.01)}
     return {
         "base": (base.apply, {"params": pre.params}),
         "lora_merged": (base.apply, merge(lora_vars, LORA)),

@@ -49,11 +49,12 @@ from lora_jax.train import (
     evaluate,
     forward,
     init_variables,
+    new_train_state,
     predict,
     task_loss,
     train_step,
 )
-from lora_jax.trees import flatten, human_bytes, tree_bytes, unflatten
+from lora_jax.trees import flatten, human_bytes, perturb, tree_bytes, unflatten
 
 __version__ = "0.1.0"
 
@@ -105,7 +106,9 @@ __all__ = [
     "make_optimizer",
     "merge",
     "mixed_logits",
+    "new_train_state",
     "parameter_report",
+    "perturb",
     "predict",
     "read_adapter",
     "register",

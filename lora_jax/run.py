@@ -60,18 +60,11 @@ from lora_jax.files import (
     remove_stale_temps,
 )
 from lora_jax.models import SequenceClassifier, check_max_length, start_head_at
-from lora_jax.optim import make_optimizer, split, trainable_labels
+from lora_jax.optim import split
 from lora_jax.parallel import jit_on_mesh, make_mesh, shard_batch, shard_state
 from lora_jax.pretrained import Pretrained, load_pretrained
 from lora_jax.tokenizer import load_tokenizer
-from lora_jax.train import (
-    TrainState,
-    build_model,
-    create_train_state,
-    evaluate,
-    init_variables,
-    train_step,
-)
+from lora_jax.train import TrainState, build_model, evaluate, new_train_state, train_step
 from lora_jax.trees import flatten, tree_bytes
 
 LOG_EVERY = 10  # steps between host reads of the metrics (benchmarks/loop_overhead.py)
@@ -203,16 +196,11 @@ def _set_up(cfg: TrainConfig, run_dir: Path, *, data_dir: str | None,
     per_epoch = len(train_batches)
     total_steps = min(cfg.max_steps or per_epoch * cfg.epochs, per_epoch * cfg.epochs)
 
-    k_init, k_dropout = jax.random.split(jax.random.key(cfg.seed))
     params, label_mean = pre.params, None
     if task.is_regression and not pre.head_from_checkpoint:
         label_mean = float(np.mean(train.labels))  # see start_head_at: why, and what it changes
         params = start_head_at(params, pre.config, label_mean)
-    variables = init_variables(model, params, cfg.method, k_init)
-    tx = make_optimizer(trainable_labels(variables, cfg.method), learning_rate=cfg.lr,
-                        total_steps=total_steps, warmup_ratio=cfg.warmup_ratio,
-                        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
-    state = create_train_state(model.apply, variables, cfg.method, tx, k_dropout)
+    state = new_train_state(model, params, cfg, total_steps)
     meta = {"config": cfg.to_json(), "base_fingerprint": pre.fingerprint}
     epoch, start, log_mode, past_evals = 0, 0, "w", []
     if resume:

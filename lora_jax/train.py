@@ -28,7 +28,7 @@ from lora_jax.glue import Task
 from lora_jax.methods import FROZEN, TRAINABLE, get_method
 from lora_jax.metrics import compute
 from lora_jax.models import SequenceClassifier, check_rank
-from lora_jax.optim import trainable_labels
+from lora_jax.optim import make_optimizer, trainable_labels
 from lora_jax.pretrained import Pretrained
 
 
@@ -151,6 +151,19 @@ def build_model(pre: Pretrained, cfg: TrainConfig) -> SequenceClassifier:
     check_rank(cfg.lora_config(), pre.config, pre.name)
     return SequenceClassifier(pre.config.replace(dtype=cfg.dtype), cfg.lora_config(),
                               cfg.adapter_config())
+
+
+def new_train_state(model: SequenceClassifier, params: dict, cfg: TrainConfig,
+                    total_steps: int) -> TrainState:
+    """The state a run of ``cfg`` starts from: ``params`` plus the variables its method
+    creates (from ``cfg.seed``), AdamW under the method's labels for ``total_steps``, and the
+    dropout key."""
+    k_init, k_dropout = jax.random.split(jax.random.key(cfg.seed))
+    variables = init_variables(model, params, cfg.method, k_init)
+    tx = make_optimizer(trainable_labels(variables, cfg.method), learning_rate=cfg.lr,
+                        total_steps=total_steps, warmup_ratio=cfg.warmup_ratio,
+                        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
+    return create_train_state(model.apply, variables, cfg.method, tx, k_dropout)
 
 
 def init_variables(model: SequenceClassifier, params: dict, method: str, rng: jax.Array) -> dict:

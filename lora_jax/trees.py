@@ -43,3 +43,12 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")
+
+
+def perturb(tree: Any, key: jax.Array, scale: float) -> Any:
+    """``tree`` with ``scale * N(0, 1)`` added to every leaf, one key per leaf: adapters that
+    look trained (B != 0), for demonstrations and tests of merging and latency."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape, x.dtype)
+                                        for k, x in zip(keys, leaves, strict=True)])

@@ -236,7 +236,7 @@ def test_max_grad_norm_clips_the_gradient_before_adam(tiny_base, tiny_glue, tmp_
     ``fit`` hands ``max_grad_norm`` to the optimizer."""
     import jax.numpy as jnp
 
-    import lora_jax.run as run_mod
+    import lora_jax.train as train_mod
     from lora_jax.optim import make_optimizer, trainable_labels
 
     params = {"params": {"classifier": {"kernel": jnp.ones((4, 2))}}}
@@ -260,7 +260,7 @@ def test_max_grad_norm_clips_the_gradient_before_adam(tiny_base, tiny_glue, tmp_
         seen.update(kw)
         raise Stop
 
-    monkeypatch.setattr(run_mod, "make_optimizer", spy)
+    monkeypatch.setattr(train_mod, "make_optimizer", spy)
     with pytest.raises(Stop):
         fit(config(tiny_base, max_grad_norm=0.5), tmp_path, data_dir=tiny_glue, progress=False)
     assert seen["max_grad_norm"] == 0.5
