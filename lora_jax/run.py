@@ -283,7 +283,8 @@ class _Host:
             self.run.result.losses.append((step, float(loss)))
             self.log.write(json.dumps({"step": step, "epoch": epoch, "loss": float(loss)}) + "\n")
         if timed:
-            self.run.result.windows.append({"steps": len(self.pending), "seconds": seconds,
+            self.run.result.windows.append({"first_step": self.pending[0][0],
+                                            "steps": len(self.pending), "seconds": seconds,
                                             "examples": self.examples, "tokens": self.tokens,
                                             "rows": self.rows})
         self.bar.advance(len(self.pending), float(values[-1][0]), self.examples / seconds)
@@ -375,7 +376,7 @@ class RunResult:
     epochs: list[dict]
     best: dict | None
     final: dict | None
-    windows: list[dict]  # timed windows of steps (none that compiled): steps, seconds, ...
+    windows: list[dict]  # timed windows (none that compiled): first_step, steps, seconds, ...
     stopped_early: bool = False
     info: dict = field(default_factory=dict)
     state: Any = None  # the final TrainState, for callers that measure or merge right away
