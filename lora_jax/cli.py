@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lora_jax.adapters import adapter_task, restore
 from lora_jax.checkpoint import CheckpointFileError, read_adapter
@@ -46,6 +47,7 @@ from lora_jax.report import parameter_report
 from lora_jax.run import LOG_EVERY, TrainingDiverged, TrainingInterrupted, fit
 from lora_jax.tokenizer import load_tokenizer
 from lora_jax.train import evaluate
+from lora_jax.validate import ConfigError, integer, real
 
 SHAPES = {  # model shapes by name, for counts without a checkpoint
     "roberta-base": ModelConfig.roberta_base,
@@ -74,50 +76,6 @@ def parse_targets(text: str) -> tuple[str, ...]:
     return names
 
 
-def positive_int(text: str) -> int:
-    v = _int(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
-
-
-def length(text: str) -> int:
-    """A token length: [CLS], a token and [SEP] need at least 4 (and the model's positions cap
-    it, checked once the model is known)."""
-    v = _int(text)
-    if v < 4:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 4, got {v}")
-    return v
-
-
-def seed(text: str) -> int:
-    v = _int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    v = _float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return v
-
-
-def nonnegative_float(text: str) -> float:
-    v = _float(text)
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return v
-
-
-def probability(text: str) -> float:
-    v = _float(text)
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
-    return v
-
-
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -126,14 +84,30 @@ def _int(text: str) -> int:
 
 
 def _float(text: str) -> float:
-    """A finite float: ``nan`` and ``inf`` parse as floats but are never a sensible setting."""
     try:
-        v = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return v
+
+
+def _flag(parse: Callable[[str], Any], check: Callable[..., Any], **limits: Any
+          ) -> Callable[[str], Any]:
+    """A flag's type: parse the text, then the same check the config runs on that field
+    (``lora_jax.validate``), so a flag and its config field cannot disagree on what is valid."""
+    def typed(text: str) -> Any:
+        try:
+            return check("", "", parse(text), **limits)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return typed
+
+
+positive_int = _flag(_int, integer, minimum=1)
+length = _flag(_int, integer, minimum=4)  # [CLS] a token [SEP]; the model's positions cap it later
+seed = _flag(_int, integer, minimum=0)
+positive_float = _flag(_float, real, low=0, low_open=True)
+nonnegative_float = _flag(_float, real, low=0)
+probability = _flag(_float, real, low=0, high=1)
 
 
 def task_name(text: str) -> str:

@@ -21,6 +21,12 @@ class ConfigError(ValueError, TypeError):
     both a ``ValueError`` and a ``TypeError``, so callers that catch either still catch it."""
 
 
+def _field(owner: str, name: str) -> str:
+    """``Owner.field `` before a message; nothing for the command line, whose parser names the
+    flag itself (``argument --rank: must be ...``)."""
+    return f"{owner}.{name} " if owner else ""
+
+
 def _is_bool(v: Any) -> bool:
     return isinstance(v, bool | np.bool_)
 
@@ -28,7 +34,7 @@ def _is_bool(v: Any) -> bool:
 def _of_type(owner: str, name: str, value: Any, kind: type, what: str) -> Any:
     """``value`` if it is a ``kind`` and not a bool (a bool is an int to Python)."""
     if _is_bool(value) or not isinstance(value, kind):
-        raise ConfigError(f"{owner}.{name} must be {what}, got {value!r}"
+        raise ConfigError(f"{_field(owner, name)}must be {what}, got {value!r}"
                           f"{' (a bool)' if _is_bool(value) else ''}")
     return value
 
@@ -41,7 +47,7 @@ def integer(owner: str, name: str, value: Any, *, minimum: int | None = None,
     value = int(_of_type(owner, name, value, numbers.Integral, "an integer"))
     if minimum is not None and value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{owner}.{name} must be {what}, got {value}")
+        raise ConfigError(f"{_field(owner, name)}must be {what}, got {value}")
     return value
 
 
@@ -54,7 +60,7 @@ def real(owner: str, name: str, value: Any, *, low: float | None = None,
         return None
     value = float(_of_type(owner, name, value, numbers.Real, "a number"))
     if not math.isfinite(value):
-        raise ConfigError(f"{owner}.{name} must be a finite number, got {value}")
+        raise ConfigError(f"{_field(owner, name)}must be a finite number, got {value}")
     too_low = low is not None and (value <= low if low_open else value < low)
     if too_low or (high is not None and value >= high):
         if high is not None:
@@ -63,21 +69,21 @@ def real(owner: str, name: str, value: Any, *, low: float | None = None,
             what = "a positive number"
         else:
             what = f"a number {'>' if low_open else '>='} {low:g}"
-        raise ConfigError(f"{owner}.{name} must be {what}, got {value:g}")
+        raise ConfigError(f"{_field(owner, name)}must be {what}, got {value:g}")
     return value
 
 
 def boolean(owner: str, name: str, value: Any) -> bool:
     """``True`` or ``False`` exactly: ``"yes"``, ``"false"`` or ``1`` are not flags."""
     if not _is_bool(value):
-        raise ConfigError(f"{owner}.{name} must be True or False, got {value!r}")
+        raise ConfigError(f"{_field(owner, name)}must be True or False, got {value!r}")
     return bool(value)
 
 
 def choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
     """One of ``choices`` (strings)."""
     if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"{owner}.{name} must be one of {choices}, got {value!r}")
+        raise ConfigError(f"{_field(owner, name)}must be one of {choices}, got {value!r}")
     return value
 
 
@@ -85,7 +91,7 @@ def names(owner: str, name: str, value: Any) -> tuple[str, ...]:
     """A non-empty tuple (or list) of strings, as a tuple; a bare string is refused (it would
     iterate as its characters)."""
     if isinstance(value, str) or not isinstance(value, tuple | list) or not value:
-        raise ConfigError(f"{owner}.{name} must be a non-empty tuple of names, got {value!r}")
+        raise ConfigError(f"{_field(owner, name)}must be a non-empty tuple of names, got {value!r}")
     bad = [v for v in value if not isinstance(v, str)]
     if bad:
         raise ConfigError(f"{owner}.{name} must hold strings, got {bad[0]!r}")
