@@ -123,7 +123,6 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     return state.replace(step=state.step + 1, variables=variables, opt_state=opt_state), metrics
 
 
-
 @partial(jax.jit, static_argnums=0)
 def predict(apply_fn: Callable, variables: dict, batch: dict) -> jax.Array:
     """Deterministic logits (no dropout) for a batch; compiled once per batch shape."""
