@@ -62,32 +62,35 @@ run)
     export PYTHONPATH=$PWD LORA_JAX_GLUE_DIR=$PWD/.device/glue XLA_PYTHON_CLIENT_PREALLOCATE=false
     export LORA_JAX_COMMIT="$(cat .device/COMMIT)+device-fp16-base" PYTHONUNBUFFERED=1
     py=${PYTHON:-python3}
+    work=$(mktemp -d)  # the widened model, run directories, cells and logs
+    export WORK=$work
     "$py" - <<'PY'
+import os
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 import shutil
 
-src, dst = Path(".device/minilm"), Path("/tmp/minilm")
+src, dst = Path(".device/minilm"), Path(os.environ["WORK"]) / "minilm"
 shutil.copytree(src, dst, dirs_exist_ok=True)
 save_file({k: w.astype(np.float32) if w.dtype == np.float16 else w
            for k, w in load_file(src / "model.safetensors").items()}, dst / "model.safetensors")
 PY
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
-    mkdir -p /tmp/fair/logs /tmp/fair/cells
+    mkdir -p "$work/fair/logs" "$work/fair/cells"
     for task in "${tasks[@]}"; do
         for method in "${methods[@]}"; do
             timeout "$budget" "$py" benchmarks/fair.py run --tasks "$task" --methods "$method" \
-                --model /tmp/minilm --cells /tmp/fair/cells --runs "/tmp/fair/runs" \
-                > "/tmp/fair/logs/$task-$method.log" 2>&1 &
+                --model "$work/minilm" --cells $work/fair/cells --runs "$work/fair/runs" \
+                > "$work/fair/logs/$task-$method.log" 2>&1 &
         done
     done
     wait || true
-    tail -n 3 /tmp/fair/logs/*.log
-    "$py" benchmarks/fair.py report --cells /tmp/fair/cells --out /tmp/fair/report > /dev/null
-    cp /tmp/fair/report/fair.md "$out/fair.md"
-    tar -czf "$out/device_fair.tar.gz" -C /tmp/fair cells report logs
+    tail -n 3 $work/fair/logs/*.log
+    "$py" benchmarks/fair.py report --cells $work/fair/cells --out $work/fair/report > /dev/null
+    cp $work/fair/report/fair.md "$out/fair.md"
+    tar -czf "$out/device_fair.tar.gz" -C $work/fair cells report logs
     ls -l "$out"
     ;;
 *)
