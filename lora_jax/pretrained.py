@@ -28,7 +28,14 @@ import tokenizers
 from safetensors.numpy import load_file, save_file
 
 from lora_jax.files import atomic_write_dir
-from lora_jax.model_dir import DEFAULT_MODEL, CheckpointError, read_json, resolve_model_dir
+from lora_jax.model_dir import (  # noqa: F401  (CheckpointError, DEFAULT_MODEL: public here too)
+    ALIASES,
+    DEFAULT_MODEL,
+    MODEL_PACKAGE,
+    CheckpointError,
+    read_json,
+    resolve_model_dir,
+)
 from lora_jax.models import ModelConfig, SequenceClassifier, abstract_variables, init_head
 from lora_jax.tokenizer import TextTokenizer, load_tokenizer
 from lora_jax.trees import flatten, unflatten
