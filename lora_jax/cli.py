@@ -36,7 +36,7 @@ from lora_jax.data import (
 )
 from lora_jax.export import export_merged, hf_labels
 from lora_jax.files import RunDirError, check_output_file
-from lora_jax.lora import LORA, LoRAConfig
+from lora_jax.lora import INIT_SCHEMES, LORA, LoRAConfig
 from lora_jax.methods import REGISTRY, get_method, method_names
 from lora_jax.model_dir import DEFAULT_MODEL, CheckpointError
 from lora_jax.models import COMPUTE_DTYPES, LORA_TARGETS, TARGET_PRESETS, ModelConfig, check_rank
@@ -135,6 +135,10 @@ def add_lora_flags(p: argparse.ArgumentParser) -> None:
                         f"from {', '.join(LORA_TARGETS)}, e.g. query,value (default qv)")
     p.add_argument("--lora-dropout", type=probability, default=0.0,
                    help="dropout on the LoRA path, in [0, 1)")
+    p.add_argument("--init", choices=INIT_SCHEMES, default="kaiming",
+                   help="how A and B start: kaiming or gaussian A with B = 0 (default kaiming), "
+                        "or pissa: both from the weights' top-r singular vectors, the residual "
+                        "frozen; its adapter file is a plain LoRA of rank 2r (Meng et al. 2024)")
     p.add_argument("--adapter-size", type=positive_int, default=64,
                    help="bottleneck size of the Houlsby adapters (method adapter; default 64)")
 
@@ -144,6 +148,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help=f"GLUE task: {', '.join(TASKS)} (default sst2)")
     add_model_flags(p)
     add_lora_flags(p)
+    p.add_argument("--loraplus-ratio", type=positive_float, default=None,
+                   help="LoRA+: every B learns at this multiple of the learning rate (the paper "
+                        "suggests 16; Hayou et al. 2024); LoRA and DoRA only")
     p.add_argument("--data-dir", help="GLUE directory (<dir>/<TASK>/{train,dev}.tsv); default: "
                    "$LORA_JAX_GLUE_DIR, else the official archives, downloaded once")
     p.add_argument("--source", choices=SOURCES, default="tsv",
@@ -190,7 +197,7 @@ def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
     return TrainConfig(
         task=args.task, method=method, model=args.model, rank=args.rank, alpha=args.alpha,
         targets=args.targets, lora_dropout=args.lora_dropout, rslora=args.rslora,
-        adapter_size=args.adapter_size,
+        lora_init=args.init, loraplus_ratio=args.loraplus_ratio, adapter_size=args.adapter_size,
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
         learning_rate=args.lr, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
         max_length=args.max_length, train_limit=args.train_limit, eval_limit=args.eval_limit,
@@ -337,8 +344,10 @@ def cmd_import_peft(args) -> int:
 
 def cmd_info(args) -> int:
     cfg = model_config(args.model, args.num_labels)
-    lora = LoRAConfig(rank=args.rank, alpha=args.alpha, targets=args.targets, rslora=args.rslora)
-    lora = lora if get_method(args.method).creates == LORA else None
+    method = get_method(args.method)
+    lora = LoRAConfig(rank=args.rank, alpha=args.alpha, targets=args.targets, rslora=args.rslora,
+                      init=args.init, **dict(method.lora_options))
+    lora = lora if method.creates == LORA else None
     check_rank(lora, cfg, args.model)
     report = parameter_report(cfg, args.method, lora, adapter_size=args.adapter_size)
     print(json.dumps(report, indent=2))

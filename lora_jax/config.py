@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from lora_jax.glue import SOURCES, GlueDataError, get_task
-from lora_jax.lora import LORA, LoRAConfig
+from lora_jax.lora import INIT_SCHEMES, LORA, LoRAConfig
 from lora_jax.methods import get_method, method_names
 from lora_jax.models import ADAPTERS, COMPUTE_DTYPES, check_targets
 from lora_jax.validate import ConfigError, boolean, choice, integer, names, real
@@ -21,7 +21,9 @@ class TrainConfig:
 
     ``learning_rate=None`` takes the method's default (``Method.default_lr``). ``max_steps``
     caps the number of steps (the schedule then spans ``max_steps``). ``train_limit``
-    subsamples the training set with ``seed``.
+    subsamples the training set with ``seed``. ``lora_init`` starts the adapters (``pissa``:
+    from the weights' singular vectors); ``loraplus_ratio`` trains every B at that multiple of
+    the learning rate (LoRA+). Both need a method that creates ``'lora'``.
     """
 
     task: str = "sst2"
@@ -32,6 +34,8 @@ class TrainConfig:
     targets: tuple[str, ...] = ("query", "value")
     lora_dropout: float = 0.0
     rslora: bool = False
+    lora_init: str = "kaiming"
+    loraplus_ratio: float | None = None
     adapter_size: int = 64
     epochs: int = 3
     max_steps: int | None = None
@@ -75,19 +79,24 @@ class TrainConfig:
             raise ConfigError(f"{own}.max_length must be at least 4 ([CLS] a [SEP]...), "
                               f"got {self.max_length}")
         checked["alpha"] = real(own, "alpha", self.alpha, low=0, low_open=True)
-        for f in ("learning_rate", "max_grad_norm"):
+        for f in ("learning_rate", "max_grad_norm", "loraplus_ratio"):
             checked[f] = real(own, f, getattr(self, f), low=0, low_open=True, optional=True)
         checked["weight_decay"] = real(own, "weight_decay", self.weight_decay, low=0)
         checked["warmup_ratio"] = real(own, "warmup_ratio", self.warmup_ratio, low=0, high=1)
         checked["lora_dropout"] = real(own, "lora_dropout", self.lora_dropout, low=0, high=1)
         checked["rslora"] = boolean(own, "rslora", self.rslora)
+        choice(own, "lora_init", self.lora_init, INIT_SCHEMES)
+        method = get_method(self.method)
+        for f, off in (("lora_init", "kaiming"), ("loraplus_ratio", None)):
+            if method.creates != LORA and getattr(self, f) != off:
+                raise ConfigError(f"{own}.{f}={getattr(self, f)!r} needs a method with LoRA "
+                                  f"layers; method {self.method!r} has none")
         checked["targets"] = names(own, "targets", self.targets)
         choice(own, "dtype", self.dtype, tuple(COMPUTE_DTYPES))
         choice(own, "source", self.source, SOURCES)
         for f, v in checked.items():  # normalised: 16 -> 16.0 for floats, a list -> a tuple
             object.__setattr__(self, f, v)
-        check_targets(LoRAConfig(rank=self.rank, alpha=self.alpha, targets=self.targets,
-                                 dropout=self.lora_dropout, rslora=self.rslora))
+        check_targets(self._lora())
 
     @property
     def lr(self) -> float:
@@ -98,8 +107,12 @@ class TrainConfig:
         """The LoRA layers the network gets: for a method that creates ``'lora'``, else None."""
         if get_method(self.method).creates != LORA:
             return None
+        return self._lora()
+
+    def _lora(self) -> LoRAConfig:
         return LoRAConfig(rank=self.rank, alpha=self.alpha, targets=self.targets,
-                          dropout=self.lora_dropout, rslora=self.rslora)
+                          dropout=self.lora_dropout, rslora=self.rslora, init=self.lora_init,
+                          **dict(get_method(self.method).lora_options))
 
     def adapter_config(self) -> int | None:
         """The bottleneck size of the adapter layers: for a method that creates them."""

@@ -5,15 +5,27 @@
 Flax layout: W (d_in, d_out), A (d_in, r), B (r, d_out). A starts random, B starts at zero, so an
 adapted model equals its base model exactly at initialisation (Hu et al. 2021, Section 4.1).
 
+Two descendants change this file and nothing else's arithmetic:
+
+* **DoRA** (Liu et al. 2024, ``dora=True``) splits the adapted weight into a direction and a
+  trained magnitude ``m`` (one number per output feature):
+  ``W' = m * (W + scale*A@B) / ||W + scale*A@B||``, the norm of each column (over d_in). ``m``
+  starts at ``||W||``, so again the model equals its base at initialisation.
+* **PiSSA** (Meng et al. 2024, ``init="pissa"``) starts A and B from the top-r singular
+  triplets of W and freezes the residual ``W - scale*A@B`` instead of W (``pissa_init``); the
+  trained result is handed out as a plain LoRA of rank 2r on the original W
+  (``pissa_to_lora``).
+
 W and b live in the ``'params'`` collection under the checkpoint's own paths; A and B live in a
 separate ``'lora'`` collection at the same module path (``.../query/{a,b}``). Without a ``'lora'``
-collection the layer is the plain pretrained layer. ``merge`` folds the update into W for
-inference with no extra latency; ``unmerge`` takes it out again. Nothing else in the package
-knows this arithmetic.
+collection the layer is the plain pretrained layer (DoRA's ``m`` sits beside them:
+``.../query/{a,b,m}``). ``merge`` folds the update into W for inference with no extra latency;
+``unmerge`` takes it out again. Nothing else in the package knows this arithmetic.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +36,7 @@ import jax.numpy as jnp
 
 from lora_jax.validate import boolean, choice, integer, names, real
 
-INIT_SCHEMES = ("kaiming", "gaussian")
+INIT_SCHEMES = ("kaiming", "gaussian", "pissa")
 LORA = "lora"  # name of the variable collection that holds the adapters
 
 
@@ -34,7 +46,10 @@ class LoRAConfig:
 
     ``targets`` name layer roles (``query``, ``value``, ...; see ``models.LORA_TARGETS``).
     ``init`` picks A's initialisation: ``kaiming`` (uniform, bound 1/sqrt(d_in), as the reference
-    implementation's ``kaiming_uniform_(a=sqrt(5))``) or ``gaussian`` (std 1/r). B is always 0.
+    implementation's ``kaiming_uniform_(a=sqrt(5))``) or ``gaussian`` (std 1/r), with B = 0; or
+    ``pissa``: A and B from W's principal singular triplets, W replaced by the residual
+    (``pissa_init``, applied to the variables after the layers are created). ``dora`` adds the
+    magnitude vector ``m`` (DoRA).
     """
 
     rank: int = 8
@@ -43,6 +58,7 @@ class LoRAConfig:
     dropout: float = 0.0
     init: str = "kaiming"
     rslora: bool = False
+    dora: bool = False
 
     def __post_init__(self) -> None:
         """Types first, then values, each error naming the field (``validate``): a bool, a
@@ -55,6 +71,7 @@ class LoRAConfig:
             "dropout": real(own, "dropout", self.dropout, low=0, high=1),
             "init": choice(own, "init", self.init, INIT_SCHEMES),
             "rslora": boolean(own, "rslora", self.rslora),
+            "dora": boolean(own, "dora", self.dora),
         }
         for name, value in fields.items():  # normalised: alpha=16 is 16.0, a list a tuple
             object.__setattr__(self, name, value)
@@ -66,9 +83,9 @@ class LoRAConfig:
 
 
 def init_a(key: jax.Array, shape: tuple[int, int], scheme: str) -> jax.Array:
-    """Random A of shape (d_in, r)."""
+    """Random A of shape (d_in, r) (PiSSA's A is random here too, until ``pissa_init``)."""
     d_in, r = shape
-    if scheme == "kaiming":
+    if scheme != "gaussian":
         bound = 1.0 / math.sqrt(d_in)
         return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
     return jax.random.normal(key, shape, jnp.float32) / r
@@ -93,7 +110,8 @@ class LoRADense(nn.Module):
         d_in = x.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (d_in, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        y = x @ kernel.astype(x.dtype) + bias.astype(x.dtype)  # (..., d_out)
+        xw = x @ kernel.astype(x.dtype)  # (..., d_out)
+        y = xw + bias.astype(x.dtype)
         if not self.has_adapter():
             return y
         cfg = self.lora
@@ -107,7 +125,17 @@ class LoRADense(nn.Module):
         ).value  # (d_in, r)
         b = self.variable(LORA, "b", jnp.zeros, (cfg.rank, self.features), jnp.float32).value
         h = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
-        return y + cfg.scale * ((h @ a.astype(x.dtype)) @ b.astype(x.dtype))  # (..., d_out)
+        update = cfg.scale * ((h @ a.astype(x.dtype)) @ b.astype(x.dtype))  # (..., d_out)
+        if not cfg.dora:
+            return y + update
+        m = self.variable(LORA, "m", column_norm, kernel).value  # (d_out,), starts at ||W||
+        g = dora_gain(kernel, a, b, m, cfg).astype(x.dtype)  # (d_out,)
+        # Without dropout this is g * (x @ W + update) + bias, the merged layer's output. With
+        # dropout it is PEFT's form: the rescaling of the base term is taken on the dropped-out
+        # h, as the update is.
+        dropped = cfg.dropout > 0 and not deterministic
+        base = h @ kernel.astype(x.dtype) if dropped else xw
+        return y + (g - 1) * base + g * update
 
     def has_adapter(self) -> bool:
         """True when this layer is targeted and the adapters exist (or are being created)."""
@@ -154,43 +182,166 @@ def delta_w(a: jax.Array, b: jax.Array, cfg: LoRAConfig) -> jax.Array:
     return cfg.scale * (a @ b)
 
 
-def _fold(variables: dict, lora: dict, cfg: LoRAConfig, sign: float) -> dict:
-    params = variables["params"]
-    new_kernels = {}
+def column_norm(w: jax.Array) -> jax.Array:
+    """||W||, one norm per output feature (over d_in): (d_in, d_out) -> (d_out,), in float32."""
+    return jnp.linalg.norm(w.astype(jnp.float32), axis=0)
+
+
+def dora_gain(kernel: jax.Array, a: jax.Array, b: jax.Array, m: jax.Array,
+              cfg: LoRAConfig) -> jax.Array:
+    """DoRA's ``m / ||W + scale*A@B||`` per output feature, shape (d_out,).
+
+    The norm is a constant in the backward pass (``stop_gradient``), as in PEFT and the paper's
+    Section 4.3: the gradient then does not flow through the norm of a (d_in, d_out) matrix, which
+    saves its activation memory at a negligible cost in accuracy.
+    """
+    norm = column_norm(kernel.astype(jnp.float32) + delta_w(a, b, cfg))
+    return m / jax.lax.stop_gradient(norm)
+
+
+def adapted_kernel(kernel: jax.Array, adapter: dict, cfg: LoRAConfig) -> jax.Array:
+    """The weight a layer computes with: W + scale*A@B, and for DoRA ``gain * (W + ...)``."""
+    w = kernel.astype(jnp.float32) + delta_w(adapter["a"], adapter["b"], cfg)
+    if cfg.dora:
+        w = w * dora_gain(kernel, adapter["a"], adapter["b"], adapter["m"], cfg)
+    return w
+
+
+def weight_norms(variables: dict, cfg: LoRAConfig) -> dict:
+    """``||W + scale*A@B||`` of every DoRA layer, as a tree shaped like ``'lora'`` (leaf
+    ``norm``). A DoRA merge folds this away (the merged column norms are ``|m|``, whatever W
+    was), so ``unmerge`` needs it: take it before ``merge``, as PEFT caches it."""
+    lora, params = variables[LORA], variables["params"]
+    flat = {}
+    for path in _adapter_paths(lora):
+        ad, kernel = _get(lora, path), _get(params, path)["kernel"]
+        flat[path] = column_norm(kernel + delta_w(ad["a"], ad["b"], cfg))
+
+    def build(path: tuple[str, ...], node: Any) -> Any:
+        if path in flat:
+            return {"norm": flat[path]}
+        return {k: build(path + (k,), v) for k, v in node.items() if isinstance(v, dict)}
+
+    return build((), lora)
+
+
+def _kernels(variables: dict, lora: dict) -> dict[tuple[str, ...], jax.Array]:
+    """Module path -> the kernel in ``'params'`` that each adapter of ``lora`` belongs to."""
+    out = {}
     for path in _adapter_paths(lora):
         try:
-            kernel = _get(params, path)["kernel"]
+            out[path] = _get(variables["params"], path)["kernel"]
         except (KeyError, TypeError):
             raise ValueError(
                 f"adapter at {'/'.join(path)} has no kernel at the same path in 'params'"
             ) from None
-        ad = _get(lora, path)
-        d = delta_w(ad["a"], ad["b"], cfg)
-        if d.shape != kernel.shape:
-            raise ValueError(
-                f"adapter at {'/'.join(path)} gives an update of shape {d.shape}, "
-                f"but the kernel has shape {kernel.shape}"
-            )
-        new_kernels[path] = (kernel + sign * d).astype(kernel.dtype)
-    return _with_kernels(params, new_kernels)
+        d = _get(lora, path)
+        shape = (d["a"].shape[0], d["b"].shape[-1])
+        if shape != tuple(out[path].shape):
+            raise ValueError(f"adapter at {'/'.join(path)} gives an update of shape {shape}, "
+                             f"but the kernel has shape {tuple(out[path].shape)}")
+    return out
+
+
+def _check_dora(lora: dict, cfg: LoRAConfig, verb: str) -> None:
+    """A DoRA config needs ``m`` in every adapter, a plain one none."""
+    for path in _adapter_paths(lora):
+        if ("m" in _get(lora, path)) != cfg.dora:
+            has = "has no magnitude m" if cfg.dora else "has a magnitude m"
+            raise ValueError(f"{verb}: adapter at {'/'.join(path)} {has}, but the config says "
+                             f"dora={cfg.dora}")
 
 
 def merge(variables: dict, cfg: LoRAConfig) -> dict:
-    """Fold the adapters into the kernels: W' = W + scale * A @ B. Returns new variables
-    without a ``'lora'`` collection; the input is not modified."""
+    """Fold the adapters into the kernels: W' = W + scale * A @ B (DoRA: the gain times that).
+    Returns new variables without a ``'lora'`` collection; the input is not modified."""
     if LORA not in variables:
         raise ValueError("merge: variables have no 'lora' collection to merge")
+    lora = variables[LORA]
+    _check_dora(lora, cfg, "merge")
+    new = {path: adapted_kernel(kernel, _get(lora, path), cfg).astype(kernel.dtype)
+           for path, kernel in _kernels(variables, lora).items()}
     out = {k: v for k, v in variables.items() if k != LORA}
-    out["params"] = _fold(variables, variables[LORA], cfg, +1.0)
+    out["params"] = _with_kernels(variables["params"], new)
     return out
 
 
-def unmerge(merged: dict, lora: dict, cfg: LoRAConfig) -> dict:
+def unmerge(merged: dict, lora: dict, cfg: LoRAConfig, norms: dict | None = None) -> dict:
     """Undo ``merge``: W = W' - scale * A @ B. Returns variables with ``'lora'`` restored
-    (up to float rounding of the subtraction)."""
+    (up to float rounding of the subtraction).
+
+    DoRA also divides by the gain ``m / ||W + scale*A@B||``, whose norm the merged weights no
+    longer tell: pass ``norms=weight_norms(variables, cfg)`` taken before the merge.
+    """
     if LORA in merged:
         raise ValueError("unmerge: variables still hold a 'lora' collection; they are not merged")
+    _check_dora(lora, cfg, "unmerge")
+    if cfg.dora and norms is None:
+        raise ValueError("unmerge: a DoRA merge cannot be undone from the merged weights alone "
+                         "(their column norms are |m| whatever W was); pass "
+                         "norms=weight_norms(variables, cfg), taken before merge")
+    new = {}
+    for path, kernel in _kernels(merged, lora).items():
+        ad = _get(lora, path)
+        w = kernel.astype(jnp.float32)
+        if cfg.dora:
+            w = w * (_get(norms, path)["norm"] / ad["m"])  # undo the gain: W + scale*A@B
+        new[path] = (w - delta_w(ad["a"], ad["b"], cfg)).astype(kernel.dtype)
     out = dict(merged)
-    out["params"] = _fold(merged, lora, cfg, -1.0)
+    out["params"] = _with_kernels(merged["params"], new)
     out[LORA] = lora
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# PiSSA: start from W's principal part, hand out a plain LoRA.
+
+
+def pissa_factors(kernel: jax.Array, cfg: LoRAConfig) -> tuple[jax.Array, jax.Array]:
+    """A (d_in, r) and B (r, d_out) with ``scale * A @ B`` = W's rank-r truncated SVD
+    ``U_r S_r V_r^T``, the root of the singular values split evenly between them (PEFT's
+    ``pissa_init``). An exact SVD: the same kernel gives the same factors every time."""
+    u, s, vt = jnp.linalg.svd(kernel.astype(jnp.float32), full_matrices=False)
+    root = jnp.sqrt(s[: cfg.rank] / cfg.scale)  # (r,)
+    return u[:, : cfg.rank] * root, root[:, None] * vt[: cfg.rank]  # (d_in, r), (r, d_out)
+
+
+def pissa_init(variables: dict, cfg: LoRAConfig) -> dict:
+    """Freshly created variables -> PiSSA's start: every adapted layer's A, B from its kernel's
+    principal singular triplets and the kernel replaced by the residual ``W - scale*A@B``, so
+    the model equals its base (up to float rounding of that subtraction). A DoRA ``m`` stays
+    ``||W||``."""
+    lora, new_lora, new_kernels = variables[LORA], {}, {}
+    for path, kernel in _kernels(variables, lora).items():
+        a, b = pissa_factors(kernel, cfg)
+        new_kernels[path] = (kernel - delta_w(a, b, cfg)).astype(kernel.dtype)
+        new_lora[path] = {**_get(lora, path), "a": a, "b": b}
+    return {**variables, "params": _with_kernels(variables["params"], new_kernels),
+            LORA: _replace_adapters(lora, new_lora)}
+
+
+def pissa_to_lora(lora: dict, base_params: dict, cfg: LoRAConfig) -> tuple[dict, LoRAConfig]:
+    """A trained PiSSA ``'lora'`` tree -> the plain LoRA of rank 2r that gives the same model on
+    the *original* ``base_params``: ``A'B' - A0B0 = [A' | A0] @ [B' ; -B0]`` (A0, B0 recomputed
+    from the original kernels by ``pissa_factors``), under a config whose scale is unchanged
+    (alpha doubled; sqrt(2) times for rsLoRA), as PEFT's conversion writes it."""
+    kernels = _kernels({"params": base_params}, lora)
+    new_lora = {}
+    for path, kernel in kernels.items():
+        ad = _get(lora, path)
+        a0, b0 = pissa_factors(kernel, cfg)
+        new_lora[path] = {**ad, "a": jnp.concatenate([ad["a"], a0], axis=1),  # (d_in, 2r)
+                          "b": jnp.concatenate([ad["b"], -b0], axis=0)}  # (2r, d_out)
+    alpha = cfg.alpha * (math.sqrt(2.0) if cfg.rslora else 2.0)
+    plain = dataclasses.replace(cfg, rank=2 * cfg.rank, alpha=alpha, init="kaiming")
+    return _replace_adapters(lora, new_lora), plain
+
+
+def _replace_adapters(lora: dict, new: dict[tuple[str, ...], dict]) -> dict:
+    def rebuild(node: Any, path: tuple[str, ...]) -> Any:
+        if path in new:
+            return new[path]
+        return {k: rebuild(v, path + (k,)) for k, v in node.items()} if isinstance(node, dict) \
+            else node
+
+    return rebuild(lora, ())

@@ -39,6 +39,7 @@ class Method:
     ``mergeable``: whether the trained result folds into a plain model of the base's
     architecture (``merge`` / ``export_merged``); adapters add layers, so they do not.
     ``peft_type``: PEFT's ``peft_type`` for ``export-peft`` / ``import-peft``, or None.
+    ``lora_options``: ``LoRAConfig`` fields the method fixes (DoRA: ``(("dora", True),)``).
     """
 
     name: str
@@ -47,6 +48,7 @@ class Method:
     creates: str | None = None
     mergeable: bool = True
     peft_type: str | None = None
+    lora_options: tuple[tuple[str, object], ...] = ()
     doc: str = ""
 
     def __post_init__(self) -> None:
@@ -62,6 +64,9 @@ BUILTIN = (
     Method("lora", ((r"^lora/", TRAINABLE), (HEAD, TRAINABLE), (r"^params/", FROZEN)),
            default_lr=1e-3, creates=LORA, peft_type="LORA",
            doc="low-rank A, B beside frozen weights (Hu et al. 2021), and the head"),
+    Method("dora", ((r"^lora/", TRAINABLE), (HEAD, TRAINABLE), (r"^params/", FROZEN)),
+           default_lr=1e-3, creates=LORA, peft_type="LORA", lora_options=(("dora", True),),
+           doc="LoRA's direction plus a trained magnitude per output feature (Liu et al. 2024)"),
     Method("bitfit", ((HEAD, TRAINABLE), (r"^params/.*/bias$", TRAINABLE),
                       (r"^params/", FROZEN)), default_lr=2e-3,
            doc="every bias and the head (Ben Zaken et al. 2021)"),

@@ -432,6 +432,11 @@ def check_rank(lora: LoRAConfig | None, cfg: ModelConfig, name: str = "the model
             raise ValueError(f"--rank {lora.rank} is larger than the {target} layer of {name} "
                              f"allows: it maps {d_in} -> {d_out} features, so its update has "
                              f"rank at most {min(d_in, d_out)}; use --rank <= {largest}")
+        if lora.init == "pissa" and 2 * lora.rank > min(d_in, d_out):
+            largest = min(min(dims[t]) for t in lora.targets if t in dims) // 2
+            raise ValueError(f"--init pissa with --rank {lora.rank}: the trained adapter is handed "
+                             f"out as a plain LoRA of rank {2 * lora.rank}, more than the {target} "
+                             f"layer of {name} ({d_in} -> {d_out}) allows; use --rank <= {largest}")
 
 
 def check_max_length(max_length: int, cfg: ModelConfig, name: str = "the model") -> None:

@@ -7,6 +7,9 @@ first rule whose regex matches decides the label, ``trainable`` or ``frozen``; a
 rule covers is an error, so a new kind of variable is never trained (or frozen) by accident.
 The same labels decide what the optimizer updates and what an adapter file holds.
 
+LoRA+ (Hayou et al. 2024) is one more label in the same ``multi_transform``: every trainable B
+(``lora/.../b``) gets ``'trainable_b'``, an AdamW whose schedule is ``ratio`` times the others'.
+
 Freezing is ``optax.multi_transform({'trainable': adamw, 'frozen': set_to_zero()}, labels)``:
 frozen leaves get an update of exactly zero and carry no optimizer state. ``optax.masked``
 alone would not do: it passes the updates of unmasked leaves through unchanged (the raw
@@ -21,8 +24,12 @@ from typing import Any
 import jax
 import optax
 
+from lora_jax.lora import LORA
 from lora_jax.methods import FROZEN, HEAD, TRAINABLE, Method, get_method
 from lora_jax.trees import flatten, size, unflatten
+
+LORA_B = rf"^{LORA}/.*/b$"  # the leaves LoRA+ speeds up
+FAST = "trainable_b"  # their label in the optimizer when LoRA+ is on
 
 
 def label_of(path: str, method: str | Method) -> str:
@@ -95,6 +102,13 @@ def _decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda x: x.ndim > 1, params)
 
 
+def loraplus_labels(labels: dict) -> dict:
+    """``labels`` with every trainable LoRA B relabelled ``'trainable_b'`` (LoRA+'s group)."""
+    flat = flatten(labels)
+    return unflatten({p: FAST if lab == TRAINABLE and re.search(LORA_B, p) else lab
+                      for p, lab in flat.items()})
+
+
 def make_optimizer(
     labels: dict,
     *,
@@ -103,14 +117,26 @@ def make_optimizer(
     warmup_ratio: float = 0.06,
     weight_decay: float = 0.01,
     max_grad_norm: float | None = None,
+    loraplus_ratio: float | None = None,
 ) -> optax.GradientTransformation:
     """AdamW (linear warm-up, linear decay) on trainable leaves, ``set_to_zero`` on frozen ones.
 
-    ``labels`` comes from ``trainable_labels``. Gradient clipping, when asked for, sees only the
-    trainable leaves, since it lives inside the trainable branch.
+    ``labels`` comes from ``trainable_labels``. ``loraplus_ratio`` gives every LoRA B the rate
+    ``ratio * learning_rate`` (LoRA+; the same schedule shape and weight decay). Gradient
+    clipping, when asked for, sees only the trainable leaves (all of them at once, so LoRA+'s
+    two groups are clipped by one norm, as ``torch.nn.utils.clip_grad_norm_`` does).
     """
     schedule = linear_schedule(learning_rate, total_steps, warmup_ratio)
-    adamw = optax.adamw(schedule, weight_decay=weight_decay, mask=_decay_mask)
-    if max_grad_norm is not None:
-        adamw = optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
-    return optax.multi_transform({TRAINABLE: adamw, FROZEN: optax.set_to_zero()}, labels)
+    branches = {TRAINABLE: optax.adamw(schedule, weight_decay=weight_decay, mask=_decay_mask),
+                FROZEN: optax.set_to_zero()}
+    if loraplus_ratio is not None:
+        if not any(lab == FAST for lab in flatten(loraplus_labels(labels)).values()):
+            raise ValueError("loraplus_ratio: no trainable LoRA B (lora/.../b) to speed up")
+        branches[FAST] = optax.adamw(lambda step: loraplus_ratio * schedule(step),
+                                     weight_decay=weight_decay, mask=_decay_mask)
+        labels = loraplus_labels(labels)
+    tx = optax.multi_transform(branches, labels)
+    if max_grad_norm is None:
+        return tx
+    trainable = jax.tree.map(lambda lab: lab != FROZEN, labels)
+    return optax.chain(optax.masked(optax.clip_by_global_norm(max_grad_norm), trainable), tx)

@@ -64,7 +64,14 @@ from lora_jax.optim import split
 from lora_jax.parallel import jit_on_mesh, make_mesh, shard_batch, shard_state
 from lora_jax.pretrained import Pretrained, load_pretrained
 from lora_jax.tokenizer import load_tokenizer
-from lora_jax.train import TrainState, build_model, evaluate, new_train_state, train_step
+from lora_jax.train import (
+    TrainState,
+    adapter_to_save,
+    build_model,
+    evaluate,
+    new_train_state,
+    train_step,
+)
 from lora_jax.trees import flatten, tree_bytes
 
 LOG_EVERY = 10  # steps between host reads of the metrics (benchmarks/loop_overhead.py)
@@ -353,8 +360,11 @@ class _Progress:
 def _finish(run: _Run, state: TrainState) -> RunResult:
     """The adapter file (the trainable leaves) and ``summary.json``."""
     result, task = run.result, run.task
-    save_adapter(run.run_dir / "adapter.safetensors", state.variables, run.cfg.method,
-                 run.adapter_meta)
+    variables, saved = adapter_to_save(state.variables, run.pre.params, run.cfg)
+    meta = {**run.adapter_meta, "train_config": saved.to_json()}
+    if saved != run.cfg:  # converted (PiSSA): the file says what it was trained as
+        meta["trained_as"] = run.cfg.to_json()
+    save_adapter(run.run_dir / "adapter.safetensors", variables, run.cfg.method, meta)
     result.final = result.epochs[-1] if result.epochs else None
     if result.epochs:
         result.best = max(result.epochs, key=lambda r: r["eval"][task.primary])

@@ -12,6 +12,7 @@ The loop around it (data, epochs, checkpoints, signals) is ``lora_jax.run.fit``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -25,11 +26,13 @@ import optax
 from lora_jax.config import TrainConfig
 from lora_jax.data import Batcher
 from lora_jax.glue import Task
+from lora_jax.lora import LORA, pissa_init, pissa_to_lora
 from lora_jax.methods import FROZEN, TRAINABLE, get_method
 from lora_jax.metrics import compute
 from lora_jax.models import SequenceClassifier, check_rank
 from lora_jax.optim import make_optimizer, trainable_labels
 from lora_jax.pretrained import Pretrained
+from lora_jax.trees import flatten, unflatten
 
 
 @flax.struct.dataclass
@@ -161,18 +164,41 @@ def new_train_state(model: SequenceClassifier, params: dict, cfg: TrainConfig,
     variables = init_variables(model, params, cfg.method, k_init)
     tx = make_optimizer(trainable_labels(variables, cfg.method), learning_rate=cfg.lr,
                         total_steps=total_steps, warmup_ratio=cfg.warmup_ratio,
-                        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm)
+                        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+                        loraplus_ratio=cfg.loraplus_ratio)
     return create_train_state(model.apply, variables, cfg.method, tx, k_dropout)
 
 
 def init_variables(model: SequenceClassifier, params: dict, method: str, rng: jax.Array) -> dict:
     """``{'params': params}`` plus the collection the method creates (``'lora'`` adapters,
     ``'adapters'`` bottlenecks), initialised from ``rng`` by one compiled program (not the
-    forward pass op by op)."""
+    forward pass op by op). PiSSA then moves W's principal part into A and B (``pissa_init``)."""
     new = get_method(method).creates
     if new is None:
         return {"params": params}
-    return {"params": params, new: _init_collection(model, new, params, rng)}
+    variables = {"params": params, new: _init_collection(model, new, params, rng)}
+    if new == LORA and model.lora.init == "pissa":
+        variables = pissa_init(variables, model.lora)
+    return variables
+
+
+def adapter_to_save(variables: dict, base_params: dict, cfg: TrainConfig
+                    ) -> tuple[dict, TrainConfig]:
+    """What an adapter file holds after training ``cfg``, with the config it records: the
+    trained variables as they are, except that a PiSSA run (whose frozen kernels are residuals)
+    is handed out as the plain LoRA of rank 2r that gives the same model on the original
+    ``base_params`` (``pissa_to_lora``), so that eval, merge and export-peft apply it to the
+    checkpoint as it is."""
+    lora = cfg.lora_config()
+    if lora is None or lora.init != "pissa":
+        return variables, cfg
+    plain_lora, plain = pissa_to_lora(variables[LORA], base_params, lora)
+    adapted = {p.rsplit("/", 1)[0] for p in flatten(plain_lora)}  # module paths
+    base = flatten(base_params)
+    params = unflatten({p: base[p] if p.rsplit("/", 1)[0] in adapted else x  # original kernels
+                        for p, x in flatten(variables["params"]).items()})
+    saved = dataclasses.replace(cfg, rank=plain.rank, alpha=plain.alpha, lora_init=plain.init)
+    return {**variables, "params": params, LORA: plain_lora}, saved
 
 
 @partial(jax.jit, static_argnums=(0, 1))
