@@ -8,19 +8,24 @@ stores ``(d_out, d_in)``, Flax ``(d_in, d_out)``), under PEFT's key names::
         <-> base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight  (r, d_in)
     lora/bert/encoder/layer/0/attention/self/query/b   (r, d_out)
         <-> base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.weight  (d_out, r)
+    lora/bert/encoder/layer/0/attention/self/query/m   (d_out,)   (DoRA, ``use_dora``)
+        <-> base_model.model.bert.encoder.layer.0.attention.self.query.lora_magnitude_vector
     params/classifier/kernel  (d, n)  <->  base_model.model.classifier.weight  (n, d)
 
 and the same update ``scale * x @ A @ B`` with ``scale = lora_alpha / r`` (``use_rslora``:
 ``lora_alpha / sqrt(r)``). The head is PEFT's ``modules_to_save`` copy, saved under the head's
 own name (RoBERTa: ``classifier.dense`` and ``classifier.out_proj``). Only transposes happen, so
-a round trip is bit-exact. PEFT options that change the arithmetic (DoRA, LoRA biases,
-per-layer ranks, layer subsets, fan_in_fan_out, base-modifying initialisations such as PiSSA)
-are refused with the file and field named; weights are read from safetensors only, never
-from a pickled ``adapter_model.bin``.
+a round trip is bit-exact. DoRA (``use_dora``) is the ``dora`` method here; a PiSSA adapter
+is exchanged in the plain rank-2r form both libraries save it as (PEFT's
+``path_initial_model_for_weight_conversion``). PEFT options that change the arithmetic otherwise
+(LoRA biases, per-layer ranks, layer subsets, fan_in_fan_out, an unconverted base-modifying
+initialisation) are refused with the file and field named; weights are read from safetensors
+only, never from a pickled ``adapter_model.bin``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -64,6 +69,7 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILE = "adapter_model.bin"
 PEFT_KIND = "PEFT adapter"  # the manifest kind of a directory export_peft writes
 PREFIX = "base_model.model."  # PEFT's prefix of every saved key (PeftModel -> LoraModel -> model)
+MAGNITUDE = "lora_magnitude_vector"  # PEFT's name of DoRA's m (saved without ".weight")
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the 'minilm' alias stands for
 HEAD_MODULES = ["classifier", "score"]  # PEFT's modules_to_save for task_type SEQ_CLS
 
@@ -84,7 +90,6 @@ TARGET_NAMES = {
 UNSUPPORTED = {
     "fan_in_fan_out": ((False, None), "weights stored (in, out), as GPT-2's Conv1D"),
     "bias": (("none", None), "trained biases besides LoRA"),
-    "use_dora": ((False, None), "DoRA's magnitude vectors"),
     "lora_bias": ((False, None), "a bias on lora_B"),
     "rank_pattern": (({}, None), "per-module ranks"),
     "alpha_pattern": (({}, None), "per-module alphas"),
@@ -111,8 +116,8 @@ def to_peft_key(path: str) -> tuple[str, bool]:
     """Our flat adapter path -> (PEFT's key, transpose?). ``lora/<module>/a`` -> ``lora_A``."""
     if path.startswith(f"{LORA}/"):
         module, leaf = path[len(LORA) + 1:].rsplit("/", 1)
-        ab = {"a": "A", "b": "B"}[leaf]
-        return f"{PREFIX}{module.replace('/', '.')}.lora_{ab}.weight", True
+        name = {"a": "lora_A.weight", "b": "lora_B.weight", "m": MAGNITUDE}[leaf]
+        return f"{PREFIX}{module.replace('/', '.')}.{name}", leaf != "m"
     if path.startswith("params/classifier/"):
         key, transpose = path_to_hf(path.removeprefix("params/"))
         return PREFIX + key, transpose
@@ -127,6 +132,9 @@ def from_peft_key(key: str) -> tuple[str, bool] | None:
     m = re.fullmatch(r"(.+)\.lora_([AB])\.weight", rest)
     if m:
         return f"{LORA}/{m[1].replace('.', '/')}/{m[2].lower()}", True
+    m = re.fullmatch(rf"(.+)\.{MAGNITUDE}", rest)
+    if m:
+        return f"{LORA}/{m[1].replace('.', '/')}/m", False
     if rest.startswith("classifier.") and ".lora_" not in rest:
         path, transpose = hf_to_path(rest)
         return f"params/{path}", transpose
@@ -188,14 +196,21 @@ def _template(cfg: ModelConfig, lora: LoRAConfig | None) -> dict[str, Any]:
     return flatten(abstract_variables(cfg, lora))
 
 
-def peft_method() -> Method:
-    """The registered method that PEFT's ``peft_type: LORA`` maps to."""
-    return next(m for m in REGISTRY.values() if m.peft_type == "LORA")
+def peft_method(dora: bool = False) -> Method:
+    """The registered method that PEFT's ``peft_type: LORA`` maps to (``use_dora``: DoRA's)."""
+    return next(m for m in REGISTRY.values() if m.peft_type == "LORA"
+                and dict(m.lora_options).get("dora", False) == dora)
 
 
 def _adapter_template(cfg: ModelConfig, lora: LoRAConfig) -> dict[str, Any]:
-    """Flat path -> shape of exactly the leaves a LoRA adapter file holds (A, B and the head)."""
-    return flatten(split(unflatten(_template(cfg, lora)), peft_method())[0])
+    """Flat path -> shape of exactly the leaves a LoRA adapter file holds (A, B, DoRA's m and
+    the head)."""
+    return flatten(split(unflatten(_template(cfg, lora)), peft_method(lora.dora))[0])
+
+
+def _module_of(path: str) -> str:
+    """``lora/bert/.../query/a`` -> ``bert.....query``: the dotted name of the adapted layer."""
+    return path[len(LORA) + 1:].rsplit("/", 1)[0].replace("/", ".")
 
 
 # --- export -------------------------------------------------------------------------------------
@@ -216,7 +231,7 @@ def peft_config(lora: LoRAConfig, model_type: str, base_model_name_or_path: str 
         "lora_dropout": lora.dropout,
         "target_modules": target_modules(lora.targets, model_type),
         "use_rslora": lora.rslora,
-        "use_dora": False,
+        "use_dora": lora.dora,
         "fan_in_fan_out": False,
         "bias": "none",
         "modules_to_save": list(HEAD_MODULES),
@@ -241,7 +256,7 @@ def export_peft(adapter_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     reads = {"the adapter": Path(adapter_path).parent}
     check_output_dir(out_dir, PEFT_KIND, overwrite=overwrite, reads=reads)  # before any work
     tensors, meta = read_adapter(adapter_path)
-    if get_method(meta["method"]).peft_type != "LORA":
+    if get_method(meta["method"]).peft_type != "LORA":  # LoRA and DoRA
         raise CheckpointFileError(f"{adapter_path}: method {meta['method']!r} is not LoRA; only "
                                   "LoRA adapters have a PEFT LoRA form")
     for field in ("model_config", "train_config"):
@@ -348,13 +363,16 @@ def _lora_config(config: dict, cfg_file: Path) -> LoRAConfig:
     if not isinstance(config.get("target_modules"), str | list):
         raise PeftFormatError(f"{cfg_file}: target_modules {config.get('target_modules')!r} is "
                               "neither a list of module names nor a regex")
+    dora = config.get("use_dora", False)
+    if not isinstance(dora, bool | None):
+        raise PeftFormatError(f"{cfg_file}: use_dora={dora!r} is not true or false")
     alpha = config.get("lora_alpha")
     if isinstance(alpha, int | float) and not isinstance(alpha, bool):
         alpha = float(alpha)  # PEFT writes 16 or 16.0; LoRAConfig.alpha is a float
     try:
         return LoRAConfig(rank=config.get("r"), alpha=alpha,
                           dropout=float(config.get("lora_dropout") or 0.0),
-                          rslora=bool(config.get("use_rslora", False)))
+                          rslora=bool(config.get("use_rslora", False)), dora=bool(dora))
     except (TypeError, ValueError) as e:
         raise PeftFormatError(f"{cfg_file}: {e}") from None
 
@@ -417,12 +435,12 @@ def import_peft(peft_dir: str | os.PathLike, base: str | os.PathLike | Pretraine
         mapped = from_peft_key(key)
         if mapped is None:
             raise PeftFormatError(
-                f"{weights}: unexpected tensor {key} (not a lora_A/lora_B weight or the "
-                "classifier head; DoRA, LoRA biases, embedding adapters and other "
+                f"{weights}: unexpected tensor {key} (not a lora_A/lora_B weight, a DoRA "
+                f"{MAGNITUDE} or the classifier head; LoRA biases, embedding adapters and other "
                 "modules_to_save are not supported)")
         path, transpose = mapped
         if path.startswith(f"{LORA}/"):
-            module = key[len(PREFIX):].rsplit(".", 2)[0]
+            module = _module_of(path)
             role = role_of(module, mt)
             if role is None:
                 raise PeftFormatError(
@@ -434,8 +452,7 @@ def import_peft(peft_dir: str | os.PathLike, base: str | os.PathLike | Pretraine
         ours[path] = np.ascontiguousarray(x.T if transpose else x)
     if not roles:
         raise PeftFormatError(f"{weights}: holds no LoRA weights")
-    lora = LoRAConfig(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, rslora=lora.rslora,
-                      targets=tuple(t for t in LORA_TARGETS if t in roles))
+    lora = dataclasses.replace(lora, targets=tuple(t for t in LORA_TARGETS if t in roles))
 
     head_out = f"params/classifier/{'out_proj/' if mt == 'roberta' else ''}kernel"
     if head_out not in ours:
@@ -448,7 +465,10 @@ def import_peft(peft_dir: str | os.PathLike, base: str | os.PathLike | Pretraine
     extra = sorted(to_peft_key(p)[0] for p in set(ours) - set(expected))
     if missing or extra:
         hint = (" (adapters on some layers only are not supported)"
-                if any(".lora_" in k for k in missing) else "")
+                if any(".lora_" in k for k in missing) and not lora.dora else "")
+        if any(MAGNITUDE in k for k in missing + extra):
+            hint = (f" (use_dora={lora.dora} in {CONFIG_FILE}: a DoRA adapter has a {MAGNITUDE} "
+                    "per adapted layer, a plain one none)")
         raise PeftFormatError(f"{weights}: tensors do not match the {mt} base {base_name} with "
                               f"LoRA on {list(lora.targets)}: missing {missing[:4]}, "
                               f"unexpected {extra[:4]}{hint}")
@@ -462,8 +482,7 @@ def import_peft(peft_dir: str | os.PathLike, base: str | os.PathLike | Pretraine
                                   f"{want_shape} (r={lora.rank} from {CONFIG_FILE}, and the "
                                   f"base's layer sizes)")
     selected = {m for m in _dense_modules(cfg) if peft_selects(config, m)}
-    held = {to_peft_key(p)[0][len(PREFIX):].rsplit(".", 2)[0] for p in ours if
-            p.startswith(f"{LORA}/")}
+    held = {_module_of(p) for p in ours if p.startswith(f"{LORA}/")}
     if selected != held:
         raise PeftFormatError(
             f"{cfg_file}: target_modules {config['target_modules']!r} selects "
@@ -499,7 +518,8 @@ def save_imported(imported: PeftImport, path: str | os.PathLike, *, task: str | 
         labels = [] if n == 1 else [f"LABEL_{i}" for i in range(n)]
         names = [f"LABEL_{i}" for i in range(n)]
     lora = imported.lora
-    train_config = {"method": peft_method().name, "model": imported.base, "rank": lora.rank,
+    method = peft_method(lora.dora).name
+    train_config = {"method": method, "model": imported.base, "rank": lora.rank,
                     "alpha": lora.alpha, "targets": list(lora.targets),
                     "lora_dropout": lora.dropout, "rslora": lora.rslora}
     if task is not None:
@@ -513,4 +533,4 @@ def save_imported(imported: PeftImport, path: str | os.PathLike, *, task: str | 
                           "base_model_name_or_path":
                               imported.peft_config.get("base_model_name_or_path")},
     }
-    return save_adapter(path, imported.variables, peft_method().name, meta)
+    return save_adapter(path, imported.variables, method, meta)
