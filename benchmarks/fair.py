@@ -49,7 +49,10 @@ from lora_jax.run import RUN_FILES, fit
 # What a cell trains, by the name the tables use: the method and what it changes in the
 # config. "lora" and "full" are the comparison; "lora-all" and "lora-r16" are the two capacity
 # levers (every dense layer of the blocks at r = 8; query,value at r = 16 with alpha / r kept
-# at 2); "adapter" and "bitfit" are the other baselines.
+# at 2); "adapter" and "bitfit" are the other baselines. LoRA's descendants train the same
+# rank and layers as "lora" (r = 8, alpha = 16 on query,value): DoRA, LoRA+ (B at 16 times the
+# rate) and PiSSA; rsLoRA is measured where its scale matters, at r = 64 beside LoRA at r = 64
+# (the same alpha = 16: a scale of 16/sqrt(64) = 2 against 16/64 = 0.25).
 VARIANTS = {
     "lora": {"method": "lora"},
     "full": {"method": "full"},
@@ -57,20 +60,33 @@ VARIANTS = {
     "lora-r16": {"method": "lora", "rank": 16, "alpha": 32.0},
     "adapter": {"method": "adapter"},
     "bitfit": {"method": "bitfit"},
+    "dora": {"method": "dora"},
+    "loraplus": {"method": "lora", "loraplus_ratio": 16.0},
+    "pissa": {"method": "lora", "lora_init": "pissa"},
+    "lora-r64": {"method": "lora", "rank": 64},
+    "rslora-r64": {"method": "lora", "rank": 64, "rslora": True},
 }
+# The descendant each is read against, besides full fine-tuning.
+AGAINST = {"dora": "lora", "loraplus": "lora", "pissa": "lora", "lora-r64": "lora",
+           "rslora-r64": "lora-r64"}
+DESCENDANTS = tuple(AGAINST)
 # Learning-rate grids: a decade each around the usual values (the paper's LoRA rates on
 # RoBERTa-base are 4e-4 to 5e-4; full fine-tuning of BERT-sized models is usually 2e-5 to 5e-5;
 # BitFit's paper tunes 1e-4 to 1e-3, adapters are trained near 1e-4 to 1e-3).
 GRID = {"lora": (2e-4, 6e-4, 2e-3), "full": (1e-5, 3e-5, 1e-4),
         "lora-all": (2e-4, 6e-4, 2e-3), "lora-r16": (2e-4, 6e-4, 2e-3),
-        "adapter": (1e-4, 3e-4, 1e-3), "bitfit": (3e-4, 1e-3, 3e-3)}
+        "adapter": (1e-4, 3e-4, 1e-3), "bitfit": (3e-4, 1e-3, 3e-3),
+        **{d: (2e-4, 6e-4, 2e-3) for d in DESCENDANTS}}  # LoRA's grid: each is tuned as it is
 EXTEND = {"lora": (6e-5, 6e-3), "full": (3e-6, 3e-4), "lora-all": (6e-5, 6e-3),
           "lora-r16": (6e-5, 6e-3), "adapter": (3e-5, 3e-3),
-          "bitfit": (1e-4, 1e-2)}  # one step below / above the grid
+          "bitfit": (1e-4, 1e-2), **{d: (6e-5, 6e-3) for d in DESCENDANTS}}
+# (one step below / above the grid)
 EPOCHS = {"rte": 10, "mrpc": 10, "stsb": 10, "cola": 10, "sst2": 5}
 TRAIN_LIMIT = {"sst2": 8_000}  # a seeded subsample, as in benchmarks/glue.py
 COLORS = {"lora": "tab:blue", "full": "tab:orange", "lora-all": "tab:green",
-          "lora-r16": "tab:purple", "adapter": "tab:brown", "bitfit": "tab:gray"}
+          "lora-r16": "tab:purple", "adapter": "tab:brown", "bitfit": "tab:gray",
+          "dora": "tab:red", "loraplus": "tab:olive", "pissa": "tab:cyan",
+          "lora-r64": "tab:pink", "rslora-r64": "black"}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
         9: 2.262, 10: 2.228}  # Student's t, 97.5 % quantile, by degrees of freedom
 
@@ -250,10 +266,13 @@ def paired(diffs: list[float]) -> dict:
 
 
 def contrasts(methods) -> list[tuple[str, str]]:
-    """The paired differences reported: every variant against full fine-tuning, and each
-    capacity lever (``lora-*``) against plain LoRA as well."""
+    """The paired differences reported: every variant against full fine-tuning, each capacity
+    lever (``lora-*``) against plain LoRA as well, and each descendant against what it
+    changes (``AGAINST``)."""
     pairs = [(m, "full") for m in methods if m != "full" and "full" in methods]
-    return pairs + [(m, "lora") for m in methods if m.startswith("lora-") and "lora" in methods]
+    pairs += [(m, "lora") for m in methods if m.startswith("lora-") and "lora" in methods]
+    return pairs + [(m, AGAINST[m]) for m in methods if m in AGAINST and AGAINST[m] in methods
+                    and (m, AGAINST[m]) not in pairs]
 
 
 def difference(a: dict, b: dict) -> dict | None:
@@ -398,7 +417,9 @@ def plot(cells: dict, summary: dict, path: Path) -> None:
 
 
 NAMES = {"lora": "LoRA", "full": "full fine-tuning", "lora-all": "LoRA on every block layer",
-         "lora-r16": "LoRA at r = 16", "adapter": "adapters", "bitfit": "BitFit"}
+         "lora-r16": "LoRA at r = 16", "adapter": "adapters", "bitfit": "BitFit",
+         "dora": "DoRA", "loraplus": "LoRA+", "pissa": "PiSSA", "lora-r64": "LoRA at r = 64",
+         "rslora-r64": "rsLoRA at r = 64"}
 SEEDS_NEEDED = 3
 
 

@@ -175,6 +175,14 @@ def test_variants_change_only_what_they_name():
     assert (r16.rank, r16.alpha / r16.rank, r16.targets) == (16, 2.0, ("query", "value"))
     assert fair.base_config("rte", "bitfit", 1e-3, 0, fair.EPOCHS).method == "bitfit"
     assert set(fair.GRID) == set(fair.EXTEND) == set(fair.VARIANTS)
+    dora, plus, pissa = (fair.base_config("rte", v, 2e-4, 0, fair.EPOCHS)
+                         for v in ("dora", "loraplus", "pissa"))
+    for cfg in (dora, plus, pissa):  # the descendants change one thing of "lora" each
+        assert (cfg.rank, cfg.alpha, cfg.targets) == (8, 16.0, ("query", "value"))
+    assert (dora.method, plus.loraplus_ratio, pissa.lora_init) == ("dora", 16.0, "pissa")
+    r64, rs64 = (fair.base_config("rte", v, 2e-4, 0, fair.EPOCHS)
+                 for v in ("lora-r64", "rslora-r64"))
+    assert (r64.lora_config().scale, rs64.lora_config().scale) == (0.25, 2.0)
     with pytest.raises(ValueError, match="unknown variant 'lora-xl'; known: lora, full"):
         fair.base_config("rte", "lora-xl", 2e-4, 0, fair.EPOCHS)
 
@@ -182,6 +190,9 @@ def test_variants_change_only_what_they_name():
 def test_contrasts_and_cells_without_a_variant(tmp_path):
     assert fair.contrasts(["lora", "full", "lora-all"]) == [
         ("lora", "full"), ("lora-all", "full"), ("lora-all", "lora")]
+    assert fair.contrasts(["lora", "full", "dora", "lora-r64", "rslora-r64"]) == [
+        ("lora", "full"), ("dora", "full"), ("lora-r64", "full"), ("rslora-r64", "full"),
+        ("lora-r64", "lora"), ("dora", "lora"), ("rslora-r64", "lora-r64")]
     (tmp_path / "rte").mkdir()
     old = {"task": "rte", "method": "lora", "lr": 2e-4, "seed": 0}  # written before variants
     new = {**old, "method": "lora", "variant": "lora-all"}
