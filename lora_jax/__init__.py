@@ -14,7 +14,20 @@ from lora_jax.compare import machine_info, step_memory
 from lora_jax.config import TrainConfig
 from lora_jax.data import Batcher, choose_buckets, encode, get_task, load_split
 from lora_jax.export import export_merged
-from lora_jax.lora import LoRAConfig, LoRADense, delta_w, merge, unmerge
+from lora_jax.lora import (
+    LoRAConfig,
+    LoRADense,
+    adapted_kernel,
+    column_norm,
+    delta_w,
+    dora_gain,
+    merge,
+    pissa_factors,
+    pissa_init,
+    pissa_to_lora,
+    unmerge,
+    weight_norms,
+)
 from lora_jax.methods import DEFAULT_LR, METHOD_RULES, METHODS, Method, get_method, register
 from lora_jax.models import (
     BLOCK_TARGETS,
@@ -28,6 +41,7 @@ from lora_jax.models import (
 from lora_jax.optim import (
     count_params,
     label_of,
+    loraplus_labels,
     make_optimizer,
     trainable_labels,
 )
@@ -44,6 +58,7 @@ from lora_jax.run import fit
 from lora_jax.serving import adapter_part, check_ids, mixed_logits, stack_adapters
 from lora_jax.train import (
     TrainState,
+    adapter_to_save,
     build_model,
     create_train_state,
     evaluate,
@@ -79,14 +94,18 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "abstract_variables",
+    "adapted_kernel",
     "adapter_part",
+    "adapter_to_save",
     "apply_adapter",
     "build_model",
     "check_ids",
     "choose_buckets",
+    "column_norm",
     "count_params",
     "create_train_state",
     "delta_w",
+    "dora_gain",
     "encode",
     "evaluate",
     "export_merged",
@@ -102,6 +121,7 @@ __all__ = [
     "load_pretrained",
     "load_split",
     "load_tokenizer",
+    "loraplus_labels",
     "machine_info",
     "make_optimizer",
     "merge",
@@ -109,6 +129,9 @@ __all__ = [
     "new_train_state",
     "parameter_report",
     "perturb",
+    "pissa_factors",
+    "pissa_init",
+    "pissa_to_lora",
     "predict",
     "read_adapter",
     "register",
@@ -123,4 +146,5 @@ __all__ = [
     "tree_bytes",
     "unflatten",
     "unmerge",
+    "weight_norms",
 ]

@@ -224,6 +224,61 @@ def fair_answer() -> str:
     return f"{head}: {a['overall']}\n\n" + "\n".join(f"- {t}" for t in a["tasks"].values())
 
 
+AFTER = {"lora": ("LoRA r = 8", None), "dora": ("DoRA", "lora"),
+         "loraplus": ("LoRA+ (λ = 16)", "lora"), "pissa": ("PiSSA", "lora"),
+         "lora-r64": ("LoRA r = 64", "lora"), "rslora-r64": ("rsLoRA r = 64", "lora-r64")}
+# variant: (its name, the variant it is compared with)
+
+
+def after_lora() -> str:
+    """LoRA's descendants, measured: the cost from ``benchmarks/after_lora.py`` and the quality
+    against what each changes, under the fair protocol (``results/after_lora/fair.json``)."""
+    from lora_jax.data import get_task
+
+    rows = [json.loads(x) for x in (RESULTS / "after_lora" / "costs.jsonl").read_text()
+            .splitlines() if x.strip()]
+    train = _latest([r for r in rows if r["kind"] == "train"], lambda r: r["variant"])
+    infer = _latest([r for r in rows if r["kind"] == "inference"],
+                    lambda r: (r["variant"], r["batch"]))
+    batches = sorted({b for _, b in infer})
+    f = json.loads((RESULTS / "after_lora" / "fair.json").read_text())
+    tasks = list(f["tasks"])
+    lines = ["| | trainable (no head) | step × LoRA | "
+             + " | ".join(f"batch {b}: merged / unmerged" for b in batches) + " | "
+             + " | ".join(f"{get_task(t).folder} − ref." for t in tasks) + " |",
+             "|" + "---|" * (3 + len(batches) + len(tasks))]
+    for v, (name, ref) in AFTER.items():
+        base = v if v in ("lora", "dora") else None
+        speed = ["as LoRA"] * len(batches)
+        if base:
+            speed = [" / ".join(f"{infer[(f'{base}_{k}', b)]['pct_over_base']:+.0f} %"
+                                for k in ("merged", "unmerged")) for b in batches]
+        quality = []
+        for task in tasks:
+            d = f["tasks"][task].get("differences", {}).get(f"{v} - {ref}") if ref else None
+            if ref is None:
+                quality.append(f"= {_score(f['tasks'][task]['methods'][v])}")
+            elif d is None:
+                quality.append("not run yet")
+            elif d["low"] is None:
+                quality.append(f"{100 * d['mean']:+.1f} (1 seed)")
+            else:
+                quality.append(f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, "
+                               f"{100 * d['high']:+.1f}] ({d['n']})")
+        lines.append(f"| {name} | {train[v]['trainable_params_without_head']:,} | "
+                     f"{train[v]['step_vs_lora']:.2f} | " + " | ".join(speed) + " | "
+                     + " | ".join(quality) + " |")
+    last = list(train.values())[-1]
+    return "\n".join(lines) + (
+        f"\n\n*MiniLM, r = 8 on query,value unless noted. Step: batch {last['config']['batch']}, "
+        f"T = {last['config']['seq']}; inference: % over the base model; medians of interleaved "
+        f"rounds (`python benchmarks/after_lora.py`; {_machine(last)}). Quality: best-epoch dev "
+        "x100 (LoRA r = 8's own score, mean ± sd), each other variant minus the one it changes "
+        "(LoRA r = 8; rsLoRA minus LoRA r = 64), "
+        "mean over seeds [95 % interval] (seeds), rates tuned per variant on seed 0 "
+        "(`python benchmarks/fair.py report --methods ... --out results/after_lora`).*")
+
+
 def paper_table2() -> str:
     from lora_jax.data import get_task
     from lora_jax.paper import PAPER, TABLE2_ROBERTA_BASE, TABLE2_TASKS
@@ -252,7 +307,7 @@ def storage() -> str:
 BLOCKS: dict[str, Callable[[], str]] = {
     "params": params, "cost": cost, "cost_facts": cost_facts, "peer": peer,
     "latency": latency, "glue": glue, "glue_facts": glue_facts, "paper_table2": paper_table2,
-    "storage": storage, "fair": fair, "fair_answer": fair_answer,
+    "storage": storage, "fair": fair, "fair_answer": fair_answer, "after_lora": after_lora,
 }
 
 

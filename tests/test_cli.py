@@ -15,6 +15,19 @@ def test_info_prints_parameter_counts(capsys):
     assert report["optimizer_state_bytes"] < 0.01 * 4 * 2 * report["total_params"]
 
 
+def test_info_counts_dora_s_magnitudes_and_says_how_lora_starts(capsys):
+    reports = {}
+    for args in (["--method", "lora"], ["--method", "dora"], ["--init", "pissa"]):
+        assert main(["info", *args]) == 0
+        reports[" ".join(args)] = json.loads(capsys.readouterr().out)
+    lora, dora, pissa = reports.values()
+    # MiniLM, r = 8 on query,value: one magnitude per output of 6 layers x 2 adapted 384-wide
+    assert dora["trainable_params_without_head"] - lora["trainable_params_without_head"] == 4608
+    assert dora["lora"]["dora"] is True and lora["lora"]["dora"] is False
+    assert pissa["lora"]["init"] == "pissa"
+    assert pissa["trainable_params"] == lora["trainable_params"]
+
+
 def test_info_rejects_an_unknown_target(capsys):
     with pytest.raises(SystemExit):
         main(["info", "--targets", "qeury"])
@@ -113,6 +126,13 @@ def test_compare_writes_table_json_and_chart(tiny_base, tiny_glue, tmp_path, cap
         (["train", "--method", "lroa"], "invalid choice: 'lroa'"),
         (["train", "--batch-size", "0"], "must be a positive integer"),
         (["compare", "--methods", "full,lroa"], "--methods: unknown ['lroa']"),
+        (["train", "--init", "svd"], "argument --init: invalid choice: 'svd'"),
+        (["train", "--loraplus-ratio", "0"], "argument --loraplus-ratio: must be a positive"),
+        (["train", "--method", "full", "--loraplus-ratio", "16"],
+         "TrainConfig.loraplus_ratio=16.0 needs a method with LoRA layers"),
+        (["train", "--method", "bitfit", "--init", "pissa"],
+         "TrainConfig.lora_init='pissa' needs a method with LoRA layers"),
+        (["info", "--init", "pissa", "--rank", "200"], "--init pissa with --rank 200"),
     ],
 )
 def test_bad_flags_name_the_flag(args, message, capsys):
