@@ -230,3 +230,23 @@ def test_the_device_script_parses_and_refuses_without_its_pack(tmp_path):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     bad = subprocess.run(["bash", str(script), "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_the_descendants_cost_benchmark_measures_each_variant():
+    """``benchmarks/after_lora.py`` on a tiny batch: every variant's counts are the library's
+    (DoRA: one magnitude per adapted output; PiSSA's file: rank 2r), and each step is timed."""
+    import after_lora
+    from common import synthetic_batch
+
+    from lora_jax import load_pretrained
+
+    pre = load_pretrained("minilm")
+    rec = after_lora.step_times(pre, ("lora", "dora", "pissa"), synthetic_batch(2, 8), 1, 1)
+    assert rec["dora"]["trainable_params_without_head"] == (
+        rec["lora"]["trainable_params_without_head"] + 12 * 384)
+    assert rec["pissa"]["adapter_file_bytes"] > 1.9 * rec["lora"]["adapter_file_bytes"]
+    assert rec["pissa"]["optimizer_state_bytes"] == rec["lora"]["optimizer_state_bytes"]
+    assert all(r["step_ms_median"] > 0 for r in rec.values())
+    rows = after_lora.latency(pre, [1], 8, 1, 1)
+    assert {r["variant"] for r in rows} == {"base", "lora_merged", "lora_unmerged",
+                                            "dora_merged", "dora_unmerged"}

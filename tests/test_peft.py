@@ -1,5 +1,6 @@
 """Hugging Face PEFT interop: export and import are exact, match the files real PEFT writes, and
-a real PEFT adapter gives PEFT's logits here. The real adapter in ``fixtures/peft_minilm`` comes
+a real PEFT adapter gives PEFT's logits here. The real adapters in ``fixtures/peft_minilm*`` (plain
+LoRA, the tutorials' "dense" recipe, DoRA, and PiSSA after PEFT's conversion to rank 2r) come
 from ``tools/make_peft_fixture.py`` (peft 0.21.2); no test needs torch or peft."""
 
 import itertools
