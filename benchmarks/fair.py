@@ -21,8 +21,8 @@ cells exist, marking what is still missing. Run it from a clone at a fixed commi
     python benchmarks/fair.py report
     python benchmarks/fair.py run --tasks rte,mrpc --methods lora-all   # a capacity lever
     python benchmarks/fair.py run --tasks rte,mrpc --methods dora,loraplus,pissa,lora-r64,rslora-r64
-    python benchmarks/fair.py report --tasks rte,mrpc --methods lora,full,dora,loraplus,pissa,\
-        lora-r64,rslora-r64 --out results/after_lora        # LoRA's descendants (notebook 09)
+    python benchmarks/fair.py report --tasks rte,mrpc --out results/after_lora \\
+        --methods lora,full,dora,loraplus,pissa,lora-r64,rslora-r64    # notebook 09's table
 
 ``VARIANTS`` names what a cell trains; every variant is compared with full fine-tuning seed by
 seed, and the ``lora-*`` levers with plain LoRA too. ``note --compare runs/demo/compare.json``
