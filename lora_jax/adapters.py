@@ -18,20 +18,29 @@ from lora_jax.models import SequenceClassifier
 from lora_jax.pretrained import Pretrained, load_pretrained
 from lora_jax.train import build_model, init_variables
 
+UNSET = object()
+
 
 def restore(adapter_path: str | os.PathLike, *, model: str | None = None,
-            loaded: tuple[dict, dict] | None = None
+            loaded: tuple[dict, dict] | None = None, quantize: str | None | object = UNSET
             ) -> tuple[SequenceClassifier, dict, dict, Pretrained]:
     """Load an adapter file onto its base model: (model, variables, metadata, pretrained).
 
     The base is the one the file names, or ``model`` when given; either way its weights must
-    have the fingerprint the adapter recorded.
+    have the fingerprint the adapter recorded (a quantized base's is its float weights'). It is
+    loaded as the adapter was trained (float, or the ``quantize`` format it records); a
+    ``quantize`` given that differs is refused, naming both.
     """
     loaded = loaded or read_adapter(adapter_path)  # ``read_adapter``'s result, if the caller has it
     meta = loaded[1]
     cfg = adapter_train_config(adapter_path, meta)
+    if quantize is not UNSET and quantize != cfg.quantize:
+        raise CheckpointFileError(
+            f"{adapter_path}: the adapter was trained on a base stored as "
+            f"{cfg.quantize or 'float32'}, not {quantize or 'float32'}; its update is fitted to "
+            "that base's rounding, so it is loaded onto that format only")
     pre = load_pretrained(model or meta.get("base_model", cfg.model),
-                          num_labels=head_outputs(meta), seed=cfg.seed)
+                          num_labels=head_outputs(meta), seed=cfg.seed, quantize=cfg.quantize)
     net = build_model(pre, cfg)
     template = init_variables(net, pre.params, cfg.method, jax.random.key(0))
     variables, meta = apply_adapter(adapter_path, template, pre.fingerprint, template,

@@ -43,6 +43,7 @@ from lora_jax.models import COMPUTE_DTYPES, LORA_TARGETS, TARGET_PRESETS, ModelC
 from lora_jax.parallel import parse_mesh
 from lora_jax.peft import export_peft, import_peft, save_imported
 from lora_jax.pretrained import load_config
+from lora_jax.quant import FORMATS
 from lora_jax.report import parameter_report
 from lora_jax.run import LOG_EVERY, TrainingDiverged, TrainingInterrupted, fit
 from lora_jax.tokenizer import load_tokenizer
@@ -123,6 +124,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "Face BERT/RoBERTa model directory")
 
 
+def add_quantize_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--quantize", choices=FORMATS, default=None,
+                   help=f"QLoRA: {what} (nf4: 4.5 bits per weight, nf4-dq: 4.1 with the scales "
+                        "double-quantized, int8: 8; embeddings, biases and LayerNorms stay float)")
+
+
 def add_lora_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r (default 8; at "
                    "most the smallest targeted layer's width)")
@@ -148,6 +155,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help=f"GLUE task: {', '.join(TASKS)} (default sst2)")
     add_model_flags(p)
     add_lora_flags(p)
+    add_quantize_flag(p, "store the frozen base's dense kernels in this format and dequantize "
+                         "them in the forward pass")
     p.add_argument("--loraplus-ratio", type=positive_float, default=None,
                    help="LoRA+: every B learns at this multiple of the learning rate (the paper "
                         "suggests 16; Hayou et al. 2024); LoRA and DoRA only")
@@ -201,7 +210,8 @@ def train_config(args: argparse.Namespace, method: str) -> TrainConfig:
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
         learning_rate=args.lr, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
         max_length=args.max_length, train_limit=args.train_limit, eval_limit=args.eval_limit,
-        seed=args.seed, source=args.source, save_every=args.save_every, dtype=args.dtype)
+        seed=args.seed, source=args.source, save_every=args.save_every, dtype=args.dtype,
+        quantize=args.quantize)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cross-task", action="store_true", help="allow --task to name another "
                    "task than the adapter's (same number of outputs); the line says so")
     p.add_argument("--batch-size", type=positive_int, default=64)
+    add_quantize_flag(p, "check that the adapter was trained on a base in this format (the "
+                         "base is loaded as the adapter records, by default)")
 
     p = sub.add_parser("merge", help="fold an adapter into its base; write an HF model dir")
     p.add_argument("adapter", help="an adapter.safetensors written by train/compare")
@@ -242,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model (default: the one the adapter names)")
     p.add_argument("--overwrite", action="store_true", help="replace a model directory that "
                    "merge wrote before")
+    add_quantize_flag(p, "refused: a merged model is written in float (an adapter trained on a "
+                         "quantized base is folded into the dequantized kernels)")
 
     p = sub.add_parser("export-peft", help="write a LoRA adapter as a Hugging Face PEFT dir")
     p.add_argument("adapter", help="a LoRA adapter.safetensors written by train/compare")
@@ -265,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint: 'minilm' (all-MiniLM-L6-v2, offline), a Hugging Face "
                         f"model directory, or a shape without weights: {', '.join(SHAPES)}")
     add_lora_flags(p)
+    add_quantize_flag(p, "count the frozen base's bytes with its dense kernels in this format")
     p.add_argument("--num-labels", type=positive_int, default=2, help="outputs of the head")
     return parser
 
@@ -296,7 +311,8 @@ def cmd_compare(args) -> int:
 def cmd_eval(args) -> int:
     loaded = read_adapter(args.adapter)  # the task check needs no model: fail before loading
     task = adapter_task(args.adapter, loaded[1], args.task, cross_task=args.cross_task)
-    model, variables, meta, pre = restore(args.adapter, model=args.model, loaded=loaded)
+    kw = {} if args.quantize is None else {"quantize": args.quantize}
+    model, variables, meta, pre = restore(args.adapter, model=args.model, loaded=loaded, **kw)
     cfg = meta.get("train_config") or {}
     tok = load_tokenizer(pre.path, max_length=min(cfg.get("max_length", 128),
                                                   pre.config.max_positions))
@@ -316,12 +332,19 @@ def cmd_eval(args) -> int:
 
 
 def cmd_merge(args) -> int:
+    if args.quantize is not None:
+        raise ValueError(f"--quantize {args.quantize}: merging into a quantized model is "
+                         "refused: W + (alpha/r) A B re-quantized to a block's few levels "
+                         "rounds the update (about 1e-3 of W) away; merge writes float weights")
     loaded = read_adapter(args.adapter)
     meta = loaded[1]
     out = export_merged(args.adapter, args.out, model=args.model, overwrite=args.overwrite,
                         loaded=loaded)
+    quantized = (meta.get("train_config") or {}).get("quantize")
+    note = ({"note": f"trained on a {quantized} base: written as float weights (the dequantized "
+                     "base plus the update)"} if quantized else {})
     print(json.dumps({"out": str(out), "method": meta["method"], "task": meta["task"],
-                      "labels": hf_labels(meta)}))
+                      "labels": hf_labels(meta), **note}))
     return 0
 
 
@@ -343,7 +366,7 @@ def cmd_import_peft(args) -> int:
 
 
 def cmd_info(args) -> int:
-    cfg = model_config(args.model, args.num_labels)
+    cfg = model_config(args.model, args.num_labels).replace(quantize=args.quantize)
     method = get_method(args.method)
     lora = LoRAConfig(rank=args.rank, alpha=args.alpha, targets=args.targets, rslora=args.rslora,
                       init=args.init, **dict(method.lora_options))

@@ -120,7 +120,8 @@ def compare(base: TrainConfig, methods: list[str], out_dir: str | os.PathLike, *
     out = Path(out_dir)
     replace = check_output_dir(out, COMPARE_KIND, overwrite=overwrite)
     task = get_task(base.task)
-    pre = load_pretrained(base.model, num_labels=task.num_labels, seed=base.seed)
+    pre = load_pretrained(base.model, num_labels=task.num_labels, seed=base.seed,
+                          quantize=base.quantize)
     for method in methods:  # every run directory checked before the first run trains
         check_run_dir(out / method, resume=False, overwrite=overwrite)
     owned = set(methods) | set(OUTPUTS) | set(read_manifest(out)["files"] if replace else [])

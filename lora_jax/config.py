@@ -12,6 +12,7 @@ from lora_jax.glue import SOURCES, GlueDataError, get_task
 from lora_jax.lora import INIT_SCHEMES, LORA, LoRAConfig
 from lora_jax.methods import get_method, method_names
 from lora_jax.models import ADAPTERS, COMPUTE_DTYPES, check_targets
+from lora_jax.quant import FORMATS
 from lora_jax.validate import ConfigError, boolean, choice, integer, names, real
 
 
@@ -52,6 +53,7 @@ class TrainConfig:
     source: str = "tsv"
     save_every: int | None = None
     dtype: str = "float32"  # compute dtype; "bfloat16" for GPU/TPU (params stay float32)
+    quantize: str | None = None  # QLoRA: the frozen encoder kernels in nf4, nf4-dq or int8
 
     def __post_init__(self) -> None:
         """Every field checked here, the type before the value, each error naming it
@@ -94,6 +96,8 @@ class TrainConfig:
         checked["targets"] = names(own, "targets", self.targets)
         choice(own, "dtype", self.dtype, tuple(COMPUTE_DTYPES))
         choice(own, "source", self.source, SOURCES)
+        if self.quantize is not None:
+            choice(own, "quantize", self.quantize, FORMATS)
         for f, v in checked.items():  # normalised: 16 -> 16.0 for floats, a list -> a tuple
             object.__setattr__(self, f, v)
         check_targets(self._lora())

@@ -20,6 +20,7 @@ from lora_jax.lora import LORA, merge
 from lora_jax.methods import REGISTRY, get_method
 from lora_jax.model_dir import resolve_model_dir
 from lora_jax.pretrained import MERGED_KIND, save_pretrained
+from lora_jax.quant import dequantize_params, is_quantized
 
 
 def hf_labels(meta: dict) -> list[str]:
@@ -59,8 +60,11 @@ def export_merged(adapter_path: str | os.PathLike, out_dir: str | os.PathLike, *
                          f"advantage). Merge works for {', '.join(mergeable)}")
     if method.creates == LORA:
         variables = merge(variables, adapter_train_config(adapter_path, meta).lora_config())
+    if is_quantized(variables["params"]):  # a QLoRA base: the merged model is written in float
+        variables = {**variables, "params": dequantize_params(variables["params"])}
     info = {"merged_from": str(adapter_path), "method": method.name, "task": meta["task"],
             "base_model": meta.get("base_model"), "base_fingerprint": meta["base_fingerprint"]}
-    return save_pretrained(variables["params"], pre.config, out_dir, tokenizer_from=pre.path,
+    return save_pretrained(variables["params"], pre.config.replace(quantize=None), out_dir,
+                           tokenizer_from=pre.path,
                            labels=hf_labels(meta), overwrite=overwrite,
                            reads={**reads, "the base model": pre.path}, info=info)

@@ -28,12 +28,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lora_jax.quant import dequantize, dequantize_params, is_quantized, stored_shapes
 from lora_jax.validate import boolean, choice, integer, names, real
 
 INIT_SCHEMES = ("kaiming", "gaussian", "pissa")
@@ -97,20 +99,30 @@ class LoRADense(nn.Module):
     ``role`` is the layer's logical name (``query``, ``intermediate``, ...); the layer carries
     adapters when ``lora`` is given and ``role`` is one of its targets. Adapters are created
     when the ``'lora'`` collection is mutable (``init``) and read when it is present; when it is
-    absent the layer is exactly ``x @ W + b``.
+    absent the layer is exactly ``x @ W + b``. ``quant`` (QLoRA) names the format its frozen
+    kernel is stored in (``lora_jax.quant``): the layer then reads the stored arrays instead of
+    ``kernel`` and dequantizes them in the forward pass.
     """
 
     features: int
     role: str
     lora: LoRAConfig | None = None
     kernel_init: Any = nn.initializers.normal(0.02)
+    quant: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         d_in = x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (d_in, self.features))
+        shape = (d_in, self.features)
+        if self.quant is None:
+            kernel = self.param("kernel", self.kernel_init, shape)
+            xw = x @ kernel.astype(x.dtype)  # (..., d_out)
+        else:
+            stored = {name: self.param(name, lambda _, s=s: jnp.zeros(s.shape, s.dtype))
+                      for name, s in stored_shapes(self.quant, shape).items()}
+            kernel = dequantize(stored, self.quant)  # used only where needed below
+            xw = _dequantized_matmul(x, stored, self.quant)
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        xw = x @ kernel.astype(x.dtype)  # (..., d_out)
         y = xw + bias.astype(x.dtype)
         if not self.has_adapter():
             return y
@@ -142,6 +154,14 @@ class LoRADense(nn.Module):
         if self.lora is None or self.role not in self.lora.targets:
             return False
         return self.is_mutable_collection(LORA) or self.has_variable(LORA, "a")
+
+
+@partial(jax.checkpoint, static_argnums=(2,))
+def _dequantized_matmul(x: jax.Array, stored: dict, fmt: str) -> jax.Array:
+    """``x @ dequantize(stored)`` under ``jax.checkpoint``: the backward pass dequantizes the
+    kernel again instead of keeping a float copy of every frozen kernel alive from the forward
+    pass (which would bring back the memory the quantization saved)."""
+    return x @ dequantize(stored, fmt, x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,9 +274,14 @@ def _check_dora(lora: dict, cfg: LoRAConfig, verb: str) -> None:
 
 def merge(variables: dict, cfg: LoRAConfig) -> dict:
     """Fold the adapters into the kernels: W' = W + scale * A @ B (DoRA: the gain times that).
-    Returns new variables without a ``'lora'`` collection; the input is not modified."""
+    Returns new variables without a ``'lora'`` collection; the input is not modified.
+
+    On a quantized base (QLoRA) the result is a float model: every kernel dequantized, the
+    adapted ones plus their update (re-quantizing W' would round the small update away)."""
     if LORA not in variables:
         raise ValueError("merge: variables have no 'lora' collection to merge")
+    if is_quantized(variables["params"]):
+        variables = {**variables, "params": dequantize_params(variables["params"])}
     lora = variables[LORA]
     _check_dora(lora, cfg, "merge")
     new = {path: adapted_kernel(kernel, _get(lora, path), cfg).astype(kernel.dtype)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from lora_jax.lora import LORA, LoRAConfig, LoRADense
+from lora_jax.quant import FORMATS
 from lora_jax.validate import ConfigError, choice, integer, real
 
 # Roles of the dense layers inside each transformer block, in order of use; then BERT's pooler
@@ -69,6 +70,7 @@ class ModelConfig:
     model_type: str = "bert"
     num_labels: int = 2
     dtype: str = "float32"  # compute dtype (activations, matmuls); parameters stay float32
+    quantize: str | None = None  # how the encoder's frozen dense kernels are stored (QLoRA)
 
     def __post_init__(self) -> None:
         """Types first, then values, each error naming the field (``validate``)."""
@@ -84,6 +86,8 @@ class ModelConfig:
             object.__setattr__(self, f, real(own, f, getattr(self, f), low=0, high=1))
         choice(own, "model_type", self.model_type, MODEL_TYPES)
         choice(own, "dtype", self.dtype, tuple(COMPUTE_DTYPES))
+        if self.quantize is not None:
+            choice(own, "quantize", self.quantize, FORMATS)
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"ModelConfig.hidden_size={self.hidden_size} is not divisible by "
@@ -172,7 +176,8 @@ class SelfAttention(nn.Module):
         hd = d // h
 
         def proj(role):
-            y = LoRADense(d, role, self.lora, name=role)(x, deterministic)  # (B, T, D)
+            y = LoRADense(d, role, self.lora, name=role, quant=cfg.quantize)(
+                x, deterministic)  # (B, T, D)
             return y.reshape(b, t, h, hd)  # (B, T, H, Dh)
 
         q, k, v = proj("query"), proj("key"), proj("value")
@@ -225,7 +230,8 @@ class DenseLayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x, residual, deterministic: bool):
         cfg = self.cfg
-        y = LoRADense(cfg.hidden_size, self.role, self.lora, name="dense")(x, deterministic)
+        y = LoRADense(cfg.hidden_size, self.role, self.lora, name="dense",
+                      quant=cfg.quantize)(x, deterministic)
         y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
         if self.adapter_size and (self.is_mutable_collection(ADAPTERS)
                                   or self.has_variable(ADAPTERS, "adapter")):
@@ -252,7 +258,8 @@ class Intermediate(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic: bool):
-        y = LoRADense(self.cfg.intermediate_size, "intermediate", self.lora, name="dense")(
+        y = LoRADense(self.cfg.intermediate_size, "intermediate", self.lora, name="dense",
+                      quant=self.cfg.quantize)(
             x, deterministic)  # (B, T, F)
         return nn.gelu(y, approximate=False)
 
@@ -308,7 +315,8 @@ class Pooler(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        dense = LoRADense(self.cfg.hidden_size, "pooler", self.lora, name="dense")
+        dense = LoRADense(self.cfg.hidden_size, "pooler", self.lora, name="dense",
+                          quant=self.cfg.quantize)
         return jnp.tanh(dense(x[:, 0], deterministic))  # (B, D)
 
 

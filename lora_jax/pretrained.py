@@ -37,6 +37,7 @@ from lora_jax.model_dir import (  # noqa: F401  (CheckpointError, DEFAULT_MODEL:
     resolve_model_dir,
 )
 from lora_jax.models import ModelConfig, SequenceClassifier, abstract_variables, init_head
+from lora_jax.quant import check_format, quantize_params
 from lora_jax.tokenizer import TextTokenizer, load_tokenizer
 from lora_jax.trees import flatten, unflatten
 
@@ -157,13 +158,18 @@ def load_pretrained(
     *,
     num_labels: int | None = None,
     seed: int = 0,
+    quantize: str | None = None,
 ) -> Pretrained:
     """Load a BERT/RoBERTa checkpoint into our ``'params'`` tree, exactly.
 
     The encoder (and BERT's pooler) come from the checkpoint; the classification head comes from
     the checkpoint when it has one of the right shape, else it is new, initialised from ``seed``.
-    ``num_labels`` defaults to the checkpoint's own (``id2label``), else 2.
+    ``num_labels`` defaults to the checkpoint's own (``id2label``), else 2. ``quantize``
+    (``nf4``, ``nf4-dq``, ``int8``; QLoRA) stores every dense kernel of the encoder in that
+    format (``lora_jax.quant``); the fingerprint stays the float checkpoint's.
     """
+    if quantize is not None:
+        check_format(quantize)
     model_dir = resolve_model_dir(name_or_path)
     weights_file = model_dir / "model.safetensors"
     for f in (model_dir / "config.json", weights_file):
@@ -221,8 +227,12 @@ def load_pretrained(
     if missing:
         raise CheckpointError(f"{weights_file}: missing tensor(s) for {missing}")
     tree = jax.tree.map(jnp.asarray, unflatten(params))
+    print_ = fingerprint(tree)  # of the float weights, whatever they are stored as
+    if quantize is not None:
+        tree = quantize_params(tree, quantize, cfg.model_type)
+        cfg = cfg.replace(quantize=quantize)
     return Pretrained(config=cfg, params=tree, name=str(name_or_path), path=model_dir,
-                      fingerprint=fingerprint(tree), dropped=sorted(dropped),
+                      fingerprint=print_, dropped=sorted(dropped),
                       head_from_checkpoint=have_head)
 
 

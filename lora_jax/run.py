@@ -182,7 +182,8 @@ def _set_up(cfg: TrainConfig, run_dir: Path, *, data_dir: str | None,
     task = get_task(cfg.task)
     if cfg.source == "tsv":
         resolve_data_dir(data_dir, task)  # a --data-dir without the task's files fails now
-    pre = pretrained or load_pretrained(cfg.model, num_labels=task.num_labels, seed=cfg.seed)
+    pre = pretrained or load_pretrained(cfg.model, num_labels=task.num_labels, seed=cfg.seed,
+                                        quantize=cfg.quantize)
     if pre.config.num_labels != task.num_labels:
         raise ValueError(f"model head has {pre.config.num_labels} outputs, task {task.name} "
                          f"needs {task.num_labels}")

@@ -30,7 +30,7 @@ from lora_jax.lora import LORA, pissa_init, pissa_to_lora
 from lora_jax.methods import FROZEN, TRAINABLE, get_method
 from lora_jax.metrics import compute
 from lora_jax.models import SequenceClassifier, check_rank
-from lora_jax.optim import make_optimizer, trainable_labels
+from lora_jax.optim import check_frozen_quantized, make_optimizer, trainable_labels
 from lora_jax.pretrained import Pretrained
 from lora_jax.trees import flatten, unflatten
 
@@ -119,7 +119,10 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         logits = forward(state.apply_fn, variables, batch, deterministic=False, rng=dropout_rng)
         return task_loss(logits, batch["label"], batch.get("weight"))
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.variables)
+    # allow_int: a quantized base (QLoRA) holds integer codes; their "gradient" is float0, and
+    # like every frozen leaf's it is never used
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True, allow_int=True)(
+        state.variables)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.variables)
     variables = _apply_trainable(state.variables, updates, labels)
     metrics = {"loss": loss, "grad_norm": _global_norm(grads, labels), **aux}
@@ -149,8 +152,12 @@ def evaluate(apply_fn: Callable, variables: dict, batcher: Batcher, task: Task) 
 
 def build_model(pre: Pretrained, cfg: TrainConfig) -> SequenceClassifier:
     """The network ``cfg`` trains on ``pre``'s weights, with the layers its method creates;
-    ``cfg``'s rank is checked against the checkpoint's layer widths here (``check_rank``)."""
+    ``cfg``'s rank is checked against the checkpoint's layer widths here (``check_rank``), and
+    its ``quantize`` against how ``pre``'s kernels are stored."""
     check_rank(cfg.lora_config(), pre.config, pre.name)
+    if cfg.quantize != pre.config.quantize:
+        raise ValueError(f"the run asks for base kernels stored as {cfg.quantize or 'float32'}, "
+                         f"but {pre.name} was loaded as {pre.config.quantize or 'float32'}")
     return SequenceClassifier(pre.config.replace(dtype=cfg.dtype), cfg.lora_config(),
                               cfg.adapter_config())
 
@@ -162,6 +169,7 @@ def new_train_state(model: SequenceClassifier, params: dict, cfg: TrainConfig,
     dropout key."""
     k_init, k_dropout = jax.random.split(jax.random.key(cfg.seed))
     variables = init_variables(model, params, cfg.method, k_init)
+    check_frozen_quantized(variables, cfg.method)
     tx = make_optimizer(trainable_labels(variables, cfg.method), learning_rate=cfg.lr,
                         total_steps=total_steps, warmup_ratio=cfg.warmup_ratio,
                         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
