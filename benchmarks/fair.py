@@ -68,10 +68,11 @@ VARIANTS = {
     "pissa": {"method": "lora", "lora_init": "pissa"},
     "lora-r64": {"method": "lora", "rank": 64},
     "rslora-r64": {"method": "lora", "rank": 64, "rslora": True},
+    "qlora": {"method": "lora", "quantize": "nf4"},  # LoRA on the NF4 base (QLoRA)
 }
 # The descendant each is read against, besides full fine-tuning.
 AGAINST = {"dora": "lora", "loraplus": "lora", "pissa": "lora", "lora-r64": "lora",
-           "rslora-r64": "lora-r64"}
+           "rslora-r64": "lora-r64", "qlora": "lora"}
 DESCENDANTS = tuple(AGAINST)
 # Learning-rate grids: a decade each around the usual values (the paper's LoRA rates on
 # RoBERTa-base are 4e-4 to 5e-4; full fine-tuning of BERT-sized models is usually 2e-5 to 5e-5;
@@ -89,7 +90,7 @@ TRAIN_LIMIT = {"sst2": 8_000}  # a seeded subsample, as in benchmarks/glue.py
 COLORS = {"lora": "tab:blue", "full": "tab:orange", "lora-all": "tab:green",
           "lora-r16": "tab:purple", "adapter": "tab:brown", "bitfit": "tab:gray",
           "dora": "tab:red", "loraplus": "tab:olive", "pissa": "tab:cyan",
-          "lora-r64": "tab:pink", "rslora-r64": "black"}
+          "lora-r64": "tab:pink", "rslora-r64": "black", "qlora": "tab:green"}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
         9: 2.262, 10: 2.228}  # Student's t, 97.5 % quantile, by degrees of freedom
 
@@ -422,7 +423,7 @@ def plot(cells: dict, summary: dict, path: Path) -> None:
 NAMES = {"lora": "LoRA", "full": "full fine-tuning", "lora-all": "LoRA on every block layer",
          "lora-r16": "LoRA at r = 16", "adapter": "adapters", "bitfit": "BitFit",
          "dora": "DoRA", "loraplus": "LoRA+", "pissa": "PiSSA", "lora-r64": "LoRA at r = 64",
-         "rslora-r64": "rsLoRA at r = 64"}
+         "rslora-r64": "rsLoRA at r = 64", "qlora": "LoRA on an NF4 base (QLoRA)"}
 SEEDS_NEEDED = 3
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from lora_jax.config import TrainConfig
 from lora_jax.files import atomic_write
 from lora_jax.methods import method_names
 from lora_jax.optim import split
@@ -171,7 +172,7 @@ def load_state(path: str | os.PathLike, state: Any, meta: dict) -> tuple[Any, di
     for key in ("step", "rng"):
         if key not in tensors:
             raise CheckpointFileError(f"{path}: no {key!r} tensor; not a training state")
-    diffs = [k for k in meta if saved.get(k) != meta[k]]
+    diffs = [k for k in meta if not _same(k, saved.get(k), meta[k])]
     if diffs:
         detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {meta[k]!r}" for k in diffs)
         raise CheckpointFileError(f"{path}: saved run differs from this one: {detail}")
@@ -197,6 +198,18 @@ def load_state(path: str | os.PathLike, state: Any, meta: dict) -> tuple[Any, di
         rng=jax.random.wrap_key_data(_fit(tensors["rng"], rng_data, path, "rng")),
     )
     return restored, position
+
+
+def _same(key: str, saved: Any, now: Any) -> bool:
+    """Whether a state file's metadata entry matches this run's. The run's ``config`` is
+    compared as a ``TrainConfig``: a field added to lora_jax after the state was saved takes
+    its default, which is what the older run did, so such a run still resumes."""
+    if key == "config" and isinstance(saved, dict) and isinstance(now, dict):
+        try:
+            return TrainConfig.from_json(saved) == TrainConfig.from_json(now)
+        except (TypeError, ValueError):
+            return False
+    return saved == now
 
 
 def state_nbytes(state: Any, meta: dict) -> int:

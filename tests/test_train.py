@@ -130,6 +130,24 @@ def test_resume_with_a_different_config_names_the_difference(tiny_base, tiny_glu
         fit(cfg, tmp_path / "empty", data_dir=tiny_glue, progress=False, resume=True)
 
 
+def test_a_state_saved_before_a_config_field_existed_still_resumes(tiny_base, tiny_glue,
+                                                                  tmp_path):
+    """A run started by an older lora_jax has no entry for a newer field (``quantize``,
+    ``lora_init``, ...): it ran with the default, so it resumes; a real difference still fails."""
+    from lora_jax.checkpoint import _read, _write
+
+    cfg = config(tiny_base, method="lora")
+    straight = fit(cfg, tmp_path / "straight", data_dir=tiny_glue, progress=False)
+    fit(cfg, tmp_path / "r", data_dir=tiny_glue, progress=False, stop_after_steps=2)
+    state = tmp_path / "r" / "state.safetensors"
+    tensors, meta = _read(state)
+    for field in ("quantize", "lora_init", "loraplus_ratio"):
+        del meta["config"][field]
+    _write(state, tensors, {k: v for k, v in meta.items() if k != "format"})
+    resumed = fit(cfg, tmp_path / "r", data_dir=tiny_glue, progress=False, resume=True)
+    assert resumed.losses == straight.losses[2:]
+
+
 def test_adapter_on_another_base_model_is_refused(tiny_base, tiny_glue, tmp_path):
     cfg = config(tiny_base, method="lora", epochs=1)
     fit(cfg, tmp_path / "run", data_dir=tiny_glue, progress=False)
