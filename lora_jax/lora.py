@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -120,8 +119,10 @@ class LoRADense(nn.Module):
         else:
             stored = {name: self.param(name, lambda _, s=s: jnp.zeros(s.shape, s.dtype))
                       for name, s in stored_shapes(self.quant, shape).items()}
-            kernel = dequantize(stored, self.quant)  # used only where needed below
-            xw = _dequantized_matmul(x, stored, self.quant)
+            # dequantized on the fly (XLA:CPU keeps about a float copy of the dequantized
+            # kernels live in the compiled step, measured in benchmarks/qlora.py)
+            kernel = dequantize(stored, self.quant)
+            xw = x @ kernel.astype(x.dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         y = xw + bias.astype(x.dtype)
         if not self.has_adapter():
@@ -154,14 +155,6 @@ class LoRADense(nn.Module):
         if self.lora is None or self.role not in self.lora.targets:
             return False
         return self.is_mutable_collection(LORA) or self.has_variable(LORA, "a")
-
-
-@partial(jax.checkpoint, static_argnums=(2,))
-def _dequantized_matmul(x: jax.Array, stored: dict, fmt: str) -> jax.Array:
-    """``x @ dequantize(stored)`` under ``jax.checkpoint``: the backward pass dequantizes the
-    kernel again instead of keeping a float copy of every frozen kernel alive from the forward
-    pass (which would bring back the memory the quantization saved)."""
-    return x @ dequantize(stored, fmt, x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -224,6 +224,30 @@ def fair_answer() -> str:
     return f"{head}: {a['overall']}\n\n" + "\n".join(f"- {t}" for t in a["tasks"].values())
 
 
+def qlora() -> str:
+    """The frozen base in each storage format and LoRA's compiled step on it
+    (``benchmarks/qlora.py``), with the paper's 65B arithmetic from its formulas."""
+    rows = _jsonl("qlora/costs.jsonl", "qlora")
+    sizes = _latest([r for r in rows if r["kind"] == "bytes"], lambda r: r["format"])
+    steps = _latest([r for r in rows if r["kind"] == "step"], lambda r: r["base"])
+    paper = [r for r in rows if r["kind"] == "paper_65b"][-1]
+    lines = ["| base stored as | dense kernels (bits / weight) | whole base | step: XLA temp "
+             "| step: XLA peak | step × float |", "|---|---|---|---|---|---|"]
+    for fmt, r in sizes.items():
+        st = steps.get(fmt)
+        step = (f"{_mb(st['memory']['temp'])} | {_mb(st['memory']['peak'])} | "
+                f"{st['step_vs_float']:.2f}" if st else "- | - | -")
+        lines.append(f"| {fmt} | {_mb(r['kernel_bytes'])} ({r['kernel_bits_per_weight']:.2f}) | "
+                     f"{_mb(r['total_bytes'])} | {step} |")
+    last = list(steps.values())[-1]
+    return "\n".join(lines) + (
+        f"\n\n*MiniLM; LoRA r = 8 on query,value, batch {last['config']['batch']}, T = "
+        f"{last['config']['seq']} (`python benchmarks/qlora.py`; {_machine(last)}). The paper's "
+        f"65B, from its formulas: {paper['full_16bit_gb']:.0f} GB for 16-bit full fine-tuning, "
+        f"a {paper['base_16bit_gb']:.0f} GB 16-bit base, {paper['base_nf4_dq_gb']:.1f} GB in "
+        "NF4 with double quantization.*")
+
+
 AFTER = {"lora": ("LoRA r = 8", None), "dora": ("DoRA", "lora"),
          "loraplus": ("LoRA+ (λ = 16)", "lora"), "pissa": ("PiSSA", "lora"),
          "lora-r64": ("LoRA r = 64", "lora"), "rslora-r64": ("rsLoRA r = 64", "lora-r64")}
@@ -308,6 +332,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "params": params, "cost": cost, "cost_facts": cost_facts, "peer": peer,
     "latency": latency, "glue": glue, "glue_facts": glue_facts, "paper_table2": paper_table2,
     "storage": storage, "fair": fair, "fair_answer": fair_answer, "after_lora": after_lora,
+    "qlora": qlora,
 }
 
 

@@ -283,7 +283,7 @@ CONFIG_CASES = [
     (LoRAConfig, {"rank": 4.0}, "LoRAConfig.rank must be an integer, got 4.0"),
     (LoRAConfig, {"targets": "query"}, "LoRAConfig.targets must be a non-empty tuple of names"),
     (LoRAConfig, {"targets": ("query", 3)}, "LoRAConfig.targets must hold strings, got 3"),
-    (LoRAConfig, {"init": None}, "LoRAConfig.init must be one of ('kaiming', 'gaussian')"),
+    (LoRAConfig, {"init": None}, "LoRAConfig.init must be one of ('kaiming', 'gaussian', 'pissa')"),
     (ModelConfig, {"hidden_size": True}, "ModelConfig.hidden_size must be an integer, got True"),
     (ModelConfig, {"num_labels": "2"}, "ModelConfig.num_labels must be an integer, got '2'"),
     (ModelConfig, {"layer_norm_eps": float("inf")}, "ModelConfig.layer_norm_eps must be a finite"),
