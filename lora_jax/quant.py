@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 FORMATS = ("nf4", "nf4-dq", "int8")
-BLOCK = 64  # weights per absmax scale (NF4)
+NF4_BLOCK = 64  # weights per absmax scale (NF4)
 SCALE_BLOCK = 256  # scales per int8 scale (double quantization)
 
 # The paper's NF4 levels (Appendix E), as published; ``nf4_levels`` derives them.
@@ -57,7 +57,7 @@ def nf4_levels() -> np.ndarray:
     return (levels / levels.max()).astype(np.float32)
 
 
-LEVELS = nf4_levels()
+NF4_LEVELS = nf4_levels()
 
 
 def pack4(codes: jax.Array) -> jax.Array:
@@ -116,10 +116,10 @@ def quantize(w: jax.Array, fmt: str) -> dict[str, jax.Array]:
         return {"codes": jnp.clip(jnp.round(w / safe), -127, 127).astype(jnp.int8),
                 "scale": scale}
     check_format(fmt)
-    blocks, _ = _blocks(w, BLOCK)  # (n_blocks, 64)
+    blocks, _ = _blocks(w, NF4_BLOCK)  # (n_blocks, 64)
     absmax = jnp.max(jnp.abs(blocks), axis=1)  # (n_blocks,)
     normed = blocks / jnp.where(absmax > 0, absmax, 1.0)[:, None]  # in [-1, 1]
-    midpoints = jnp.asarray((LEVELS[1:] + LEVELS[:-1]) / 2)
+    midpoints = jnp.asarray((NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2)
     codes = jnp.searchsorted(midpoints, normed.reshape(-1)[: w.size])  # the nearest level's index
     out = {"codes": pack4(codes).reshape(w.shape[0], w.shape[1] // 2)}
     if fmt == "nf4":
@@ -140,7 +140,7 @@ def dequantize(stored: dict[str, jax.Array], fmt: str, dtype: Any = jnp.float32)
         codes = stored["absmax_codes"].astype(jnp.float32).reshape(-1, SCALE_BLOCK)
         absmax = (codes * stored["absmax_scale"][:, None]).reshape(-1) + stored["absmax_mean"]
     shape = kernel_shape(stored)
-    values, n = _blocks(jnp.asarray(LEVELS)[unpack4(stored["codes"].reshape(-1))], BLOCK)
+    values, n = _blocks(jnp.asarray(NF4_LEVELS)[unpack4(stored["codes"].reshape(-1))], NF4_BLOCK)
     flat = (values * absmax[: values.shape[0], None]).reshape(-1)[:n]  # (n_blocks, 64) scaled
     return flat.reshape(shape).astype(dtype)
 

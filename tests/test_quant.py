@@ -16,9 +16,9 @@ from lora_jax.cli import main
 from lora_jax.config import TrainConfig
 from lora_jax.optim import trainable_labels
 from lora_jax.quant import (
-    BLOCK,
     FORMATS,
-    LEVELS,
+    NF4_BLOCK,
+    NF4_LEVELS,
     NF4_PAPER,
     dequantize,
     dequantize_params,
@@ -56,16 +56,16 @@ def weights(shape=(96, 64), seed=0):
 def test_nf4_error_is_within_half_a_level_gap_of_each_block_scale():
     w = weights()
     q = quantize(w, "nf4")
-    assert q["codes"].shape == (96, 32) and q["absmax"].shape == (96 * 64 // BLOCK,)
-    err = np.abs(np.asarray(dequantize(q, "nf4") - w)).reshape(-1, BLOCK)
-    scale = np.abs(np.asarray(w)).reshape(-1, BLOCK).max(axis=1, keepdims=True)
-    half_gap = np.diff(LEVELS).max() / 2
+    assert q["codes"].shape == (96, 32) and q["absmax"].shape == (96 * 64 // NF4_BLOCK,)
+    err = np.abs(np.asarray(dequantize(q, "nf4") - w)).reshape(-1, NF4_BLOCK)
+    scale = np.abs(np.asarray(w)).reshape(-1, NF4_BLOCK).max(axis=1, keepdims=True)
+    half_gap = np.diff(NF4_LEVELS).max() / 2
     assert np.all(err <= scale * half_gap + 1e-7)
     # and each value is its block's scale times its nearest level, so every block's largest
     # entry is exact
-    flat = np.asarray(w).reshape(-1, BLOCK)
+    flat = np.asarray(w).reshape(-1, NF4_BLOCK)
     top = np.abs(flat).argmax(axis=1)
-    back = np.asarray(dequantize(q, "nf4")).reshape(-1, BLOCK)
+    back = np.asarray(dequantize(q, "nf4")).reshape(-1, NF4_BLOCK)
     np.testing.assert_allclose(back[np.arange(len(top)), top], flat[np.arange(len(top)), top],
                                rtol=1e-6)
 
