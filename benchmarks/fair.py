@@ -90,7 +90,7 @@ TRAIN_LIMIT = {"sst2": 8_000}  # a seeded subsample, as in benchmarks/glue.py
 COLORS = {"lora": "tab:blue", "full": "tab:orange", "lora-all": "tab:green",
           "lora-r16": "tab:purple", "adapter": "tab:brown", "bitfit": "tab:gray",
           "dora": "tab:red", "loraplus": "tab:olive", "pissa": "tab:cyan",
-          "lora-r64": "tab:pink", "rslora-r64": "black", "qlora": "tab:green"}
+          "lora-r64": "tab:pink", "rslora-r64": "black", "qlora": "gold"}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
         9: 2.262, 10: 2.228}  # Student's t, 97.5 % quantile, by degrees of freedom
 

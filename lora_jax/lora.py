@@ -16,6 +16,9 @@ Two descendants change this file and nothing else's arithmetic:
   trained result is handed out as a plain LoRA of rank 2r on the original W
   (``pissa_to_lora``).
 
+QLoRA changes where W comes from, not this arithmetic: with ``quant`` set, the layer reads W's
+stored codes and scales (``lora_jax.quant``) and dequantizes them before the same ``x @ W``.
+
 W and b live in the ``'params'`` collection under the checkpoint's own paths; A and B live in a
 separate ``'lora'`` collection at the same module path (``.../query/{a,b}``). Without a ``'lora'``
 collection the layer is the plain pretrained layer (DoRA's ``m`` sits beside them:

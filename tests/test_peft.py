@@ -160,21 +160,25 @@ def test_target_modules_select_exactly_the_targeted_layers(tiny_cfg):
 # --- against the real PEFT files ------------------------------------------------------------------
 
 
-def test_exported_minilm_adapter_has_real_peft_keys_and_config(minilm, tmp_path):
-    src = make_adapter("minilm", tmp_path / "a.safetensors", rank=8, alpha=16.0, dropout=0.1,
-                       pretrained=minilm)
-    out = export_peft(src, tmp_path / "peft")
+def assert_like_real_peft(out: Path, keys_file: Path, config_file: Path) -> None:
+    """An export has exactly the keys, shapes and dtypes real PEFT saved, and every config
+    field it writes has PEFT's value (``target_modules``: PEFT writes a set, in any order)."""
     tensors = load_file(out / "adapter_model.safetensors")
     ours = [f"{k} {'x'.join(map(str, v.shape))} {v.dtype}" for k, v in sorted(tensors.items())]
-    assert ours == (FIXTURES / "peft_minilm_keys.txt").read_text().splitlines()
-    real = json.loads((FIXTURES / "peft_minilm_adapter_config.json").read_text())
+    assert ours == keys_file.read_text().splitlines()
+    real = json.loads(config_file.read_text())
     written = json.loads((out / "adapter_config.json").read_text())
     assert set(written) <= set(real), set(written) - set(real)
     for field, value in written.items():
-        if field == "target_modules":
-            assert sorted(value) == sorted(real[field])  # PEFT writes a set's order
-        else:
-            assert value == real[field], field
+        assert (sorted(value) == sorted(real[field]) if field == "target_modules"
+                else value == real[field]), field
+
+
+def test_exported_minilm_adapter_has_real_peft_keys_and_config(minilm, tmp_path):
+    src = make_adapter("minilm", tmp_path / "a.safetensors", rank=8, alpha=16.0, dropout=0.1,
+                       pretrained=minilm)
+    assert_like_real_peft(export_peft(src, tmp_path / "peft"), FIXTURES / "peft_minilm_keys.txt",
+                          FIXTURES / "peft_minilm_adapter_config.json")
 
 
 def test_exported_minilm_dora_adapter_has_real_peft_keys_and_config(minilm, tmp_path):
@@ -183,16 +187,8 @@ def test_exported_minilm_dora_adapter_has_real_peft_keys_and_config(minilm, tmp_
     real_dir = FIXTURES / "peft_minilm_dora"
     src = make_adapter("minilm", tmp_path / "a.safetensors", rank=4, alpha=12.0,
                        method="dora", pretrained=minilm)
-    out = export_peft(src, tmp_path / "peft")
-    tensors = load_file(out / "adapter_model.safetensors")
-    ours = [f"{k} {'x'.join(map(str, v.shape))} {v.dtype}" for k, v in sorted(tensors.items())]
-    assert ours == (real_dir / "keys.txt").read_text().splitlines()
-    real = json.loads((real_dir / "adapter_config.json").read_text())
-    written = json.loads((out / "adapter_config.json").read_text())
-    for field, value in written.items():
-        assert field in real, field
-        assert (sorted(value) == sorted(real[field]) if field == "target_modules"
-                else value == real[field]), field
+    assert_like_real_peft(export_peft(src, tmp_path / "peft"), real_dir / "keys.txt",
+                          real_dir / "adapter_config.json")
 
 
 # Real PEFT adapters and the LoRAConfig each must import as: r=8 on query and value, and the
