@@ -98,6 +98,11 @@ class TrainConfig:
         choice(own, "source", self.source, SOURCES)
         if self.quantize is not None:
             choice(own, "quantize", self.quantize, FORMATS)
+            if self.lora_init == "pissa":
+                raise ConfigError(f"{own}.lora_init='pissa' with quantize={self.quantize!r}: "
+                                  "PiSSA takes the SVD of the float kernels and freezes the "
+                                  "residual, which a quantized base no longer has (quantizing "
+                                  "the residual, QPiSSA, is not implemented); use one of them")
         for f, v in checked.items():  # normalised: 16 -> 16.0 for floats, a list -> a tuple
             object.__setattr__(self, f, v)
         check_targets(self._lora())

@@ -105,6 +105,8 @@ def test_bad_input_is_refused():
         quantize(jnp.ones((4, 3)), "nf4")
     with pytest.raises(ValueError, match="TrainConfig.quantize must be one of"):
         TrainConfig(quantize="fp4")
+    with pytest.raises(ValueError, match="TrainConfig.lora_init='pissa' with quantize='nf4'"):
+        TrainConfig(quantize="nf4", lora_init="pissa")
 
 
 # --- a quantized base ---------------------------------------------------------------------------
