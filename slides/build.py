@@ -283,7 +283,8 @@ def after_lora() -> str:
             if ref is None:
                 quality.append(f"= {_score(f['tasks'][task]['methods'][v])}")
             elif d is None:
-                quality.append("not run yet")
+                tried = len(f["tasks"][task]["methods"].get(v, {}).get("grid") or {})
+                quality.append(f"rate search: {tried} rate(s) so far" if tried else "not run yet")
             elif d["low"] is None:
                 quality.append(f"{100 * d['mean']:+.1f} (1 seed)")
             else:
