@@ -227,11 +227,9 @@ def weight_norms(variables: dict, cfg: LoRAConfig) -> dict:
     """``||W + scale*A@B||`` of every DoRA layer, as a tree shaped like ``'lora'`` (leaf
     ``norm``). A DoRA merge folds this away (the merged column norms are ``|m|``, whatever W
     was), so ``unmerge`` needs it: take it before ``merge``, as PEFT caches it."""
-    lora, params = variables[LORA], variables["params"]
-    flat = {}
-    for path in _adapter_paths(lora):
-        ad, kernel = _get(lora, path), _get(params, path)["kernel"]
-        flat[path] = column_norm(kernel + delta_w(ad["a"], ad["b"], cfg))
+    lora = variables[LORA]
+    flat = {path: column_norm(kernel + delta_w(_get(lora, path)["a"], _get(lora, path)["b"], cfg))
+            for path, kernel in _kernels(variables, lora).items()}
 
     def build(path: tuple[str, ...], node: Any) -> Any:
         if path in flat:

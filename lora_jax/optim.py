@@ -26,7 +26,6 @@ import optax
 
 from lora_jax.lora import LORA
 from lora_jax.methods import FROZEN, HEAD, TRAINABLE, Method, get_method
-from lora_jax.quant import format_of
 from lora_jax.trees import flatten, size, unflatten
 
 LORA_B = rf"^{LORA}/.*/b$"  # the leaves LoRA+ speeds up
@@ -89,20 +88,14 @@ def count_params(variables: dict, method: str | Method | None = None, *,
 def check_frozen_quantized(variables: dict, method: str | Method) -> None:
     """A quantized kernel's stored arrays cannot train (they are codes and their scales): a
     method whose rules would train one is refused, naming the first such leaf."""
+    flat = flatten(variables)
     for path, label in flatten(trainable_labels(variables, method)).items():
         module, leaf = path.rsplit("/", 1)
-        node = _get_path(variables, module)
-        if label == TRAINABLE and format_of(node) is not None and leaf != "bias":
+        if label == TRAINABLE and leaf != "bias" and f"{module}/codes" in flat:
             raise ValueError(f"method {get_method(method).name!r} would train {path}, a "
-                             "quantized kernel of the "
-                             "frozen base (QLoRA); choose a method that freezes the kernels "
-                             "(lora, dora, bitfit, head, adapter) or a float base")
-
-
-def _get_path(tree: dict, path: str) -> Any:
-    for k in path.split("/"):
-        tree = tree[k]
-    return tree
+                             "quantized kernel of the frozen base (QLoRA); choose a method that "
+                             "freezes the kernels (lora, dora, bitfit, head, adapter) or a float "
+                             "base")
 
 
 def linear_schedule(learning_rate: float, total_steps: int, warmup_ratio: float = 0.06):
