@@ -14,6 +14,7 @@ from lora_jax.compare import machine_info, step_memory
 from lora_jax.config import TrainConfig
 from lora_jax.data import Batcher, choose_buckets, encode, get_task, load_split
 from lora_jax.export import export_merged
+from lora_jax.inject import inject
 from lora_jax.lora import (
     LoRAConfig,
     LoRADense,
@@ -134,6 +135,7 @@ __all__ = [
     "get_task",
     "human_bytes",
     "init_variables",
+    "inject",
     "label_of",
     "load_pretrained",
     "load_split",

@@ -24,6 +24,13 @@ separate ``'lora'`` collection at the same module path (``.../query/{a,b}``). Wi
 collection the layer is the plain pretrained layer (DoRA's ``m`` sits beside them:
 ``.../query/{a,b,m}``). ``merge`` folds the update into W for inference with no extra latency;
 ``unmerge`` takes it out again. Nothing else in the package knows this arithmetic.
+
+A kernel need not be a matrix: a convolution's ``(k1, ..., c_in, c_out)`` or a
+``DenseGeneral``'s ``(in..., out...)`` kernel is the matrix ``(prod(in), prod(out))`` read in
+row-major order, and ``scale*A@B`` is reshaped back to the kernel's shape (``lora_jax.inject``).
+A fused projection (GPT-2's ``c_attn``: query, key and value side by side) may carry one adapter
+per part, at ``.../c_attn/query/{a,b}``: its update lands in that part's block of columns only,
+as the paper's ``MergedLinear`` does (``FUSED_PARTS``).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ from lora_jax.validate import boolean, choice, integer, names, real
 
 INIT_SCHEMES = ("kaiming", "gaussian", "pissa")
 LORA = "lora"  # name of the variable collection that holds the adapters
+# The parts of a fused q/k/v projection, in the order of its output columns: an adapter at
+# ``<layer>/<part>`` updates only that part's third of the layer's kernel.
+FUSED_PARTS = ("query", "key", "value")
 
 
 @dataclass(frozen=True)
@@ -239,22 +249,86 @@ def weight_norms(variables: dict, cfg: LoRAConfig) -> dict:
     return build((), lora)
 
 
-def _kernels(variables: dict, lora: dict) -> dict[tuple[str, ...], jax.Array]:
-    """Module path -> the kernel in ``'params'`` that each adapter of ``lora`` belongs to."""
-    out = {}
+Path = tuple[str, ...]  # a module path, e.g. ("bert", "encoder", "layer", "0", ...)
+
+
+def _sites(variables: dict, lora: dict) -> dict[Path, tuple[Path, int | None]]:
+    """Adapter path -> (module path of its kernel in ``'params'``, fused part or None).
+
+    An adapter sits at its layer's own path, or at ``<layer>/<part>`` for one part of a fused
+    projection (``FUSED_PARTS``). Its update ``(d_in, d_out)`` must fit: the kernel itself
+    (read as a matrix when it has more axes), or the part's block of the kernel's columns."""
+    params, out = variables["params"], {}
     for path in _adapter_paths(lora):
-        try:
-            out[path] = _get(variables["params"], path)["kernel"]
-        except (KeyError, TypeError):
-            raise ValueError(
-                f"adapter at {'/'.join(path)} has no kernel at the same path in 'params'"
-            ) from None
         d = _get(lora, path)
         shape = (d["a"].shape[0], d["b"].shape[-1])
-        if shape != tuple(out[path].shape):
-            raise ValueError(f"adapter at {'/'.join(path)} gives an update of shape {shape}, "
-                             f"but the kernel has shape {tuple(out[path].shape)}")
+        where = "/".join(path)
+        try:
+            out[path] = (path, None)
+            kernel = _get(params, path)["kernel"]
+        except (KeyError, TypeError):
+            try:
+                if path[-1] not in FUSED_PARTS:
+                    raise KeyError(path[-1])
+                out[path] = (path[:-1], FUSED_PARTS.index(path[-1]))
+                kernel = _get(params, path[:-1])["kernel"]
+            except (KeyError, TypeError):
+                raise ValueError(f"adapter at {where} has no kernel at the same path in "
+                                 "'params'") from None
+        part = out[path][1]
+        fused = (kernel.shape[0], kernel.shape[-1] // len(FUSED_PARTS)) if kernel.ndim == 2 \
+            else None
+        if part is not None and (fused != shape or kernel.shape[-1] % len(FUSED_PARTS)):
+            raise ValueError(f"adapter at {where} gives an update of shape {shape}, but a "
+                             f"part of the fused kernel of shape {tuple(kernel.shape)} is "
+                             f"{fused}")
+        if part is None and not _fits(shape, tuple(kernel.shape)):
+            raise ValueError(f"adapter at {where} gives an update of shape {shape}, "
+                             f"but the kernel has shape {tuple(kernel.shape)}")
     return out
+
+
+def _fits(shape: tuple[int, int], kernel_shape: tuple[int, ...]) -> bool:
+    """Whether a ``(d_in, d_out)`` update is the kernel read as a matrix: the kernel's leading
+    axes multiply to d_in and the rest to d_out."""
+    lead = 1
+    for i, n in enumerate(kernel_shape):
+        if lead == shape[0]:
+            return math.prod(kernel_shape[i:]) == shape[1]
+        lead *= n
+    return False
+
+
+def _kernels(variables: dict, lora: dict) -> dict[tuple[str, ...], jax.Array]:
+    """Module path -> the 2-D kernel each adapter of ``lora`` belongs to (DoRA and PiSSA work
+    on whole matrices: an adapter on a fused part or a many-axis kernel is refused)."""
+    out = {}
+    for path, (layer, part) in _sites(variables, lora).items():
+        kernel = _get(variables["params"], layer)["kernel"]
+        if part is not None or kernel.ndim != 2:
+            what = "a fused part" if part is not None else f"a kernel of shape {kernel.shape}"
+            raise ValueError(f"adapter at {'/'.join(path)}: DoRA and PiSSA need a whole "
+                             f"(d_in, d_out) kernel, not {what}")
+        out[path] = kernel
+    return out
+
+
+def _folded(variables: dict, lora: dict, cfg: LoRAConfig, sign: float
+            ) -> dict[tuple[str, ...], jax.Array]:
+    """Kernel path -> ``W + sign * scale*A@B`` summed over every adapter on that kernel (its
+    own, or one per fused part), in float32 and in the kernel's shape."""
+    new: dict[tuple[str, ...], jax.Array] = {}
+    for path, (layer, part) in _sites(variables, lora).items():
+        kernel = _get(variables["params"], layer)["kernel"]
+        w = new.get(layer, kernel.astype(jnp.float32))
+        ad = _get(lora, path)
+        d = sign * delta_w(ad["a"], ad["b"], cfg)  # (d_in, d_out)
+        if part is None:
+            new[layer] = w + d.reshape(w.shape)
+        else:
+            width = d.shape[1]
+            new[layer] = w.at[:, part * width:(part + 1) * width].add(d)
+    return new
 
 
 def _check_dora(lora: dict, cfg: LoRAConfig, verb: str) -> None:
@@ -278,8 +352,13 @@ def merge(variables: dict, cfg: LoRAConfig) -> dict:
         variables = {**variables, "params": dequantize_params(variables["params"])}
     lora = variables[LORA]
     _check_dora(lora, cfg, "merge")
-    new = {path: adapted_kernel(kernel, _get(lora, path), cfg).astype(kernel.dtype)
-           for path, kernel in _kernels(variables, lora).items()}
+    if cfg.dora:
+        new = {path: adapted_kernel(kernel, _get(lora, path), cfg)
+               for path, kernel in _kernels(variables, lora).items()}
+    else:
+        new = _folded(variables, lora, cfg, +1.0)
+    dtypes = {path: _get(variables["params"], path)["kernel"].dtype for path in new}
+    new = {path: w.astype(dtypes[path]) for path, w in new.items()}
     out = {k: v for k, v in variables.items() if k != LORA}
     out["params"] = _with_kernels(variables["params"], new)
     return out
@@ -299,13 +378,16 @@ def unmerge(merged: dict, lora: dict, cfg: LoRAConfig, norms: dict | None = None
         raise ValueError("unmerge: a DoRA merge cannot be undone from the merged weights alone "
                          "(their column norms are |m| whatever W was); pass "
                          "norms=weight_norms(variables, cfg), taken before merge")
-    new = {}
-    for path, kernel in _kernels(merged, lora).items():
-        ad = _get(lora, path)
-        w = kernel.astype(jnp.float32)
-        if cfg.dora:
-            w = w * (_get(norms, path)["norm"] / ad["m"])  # undo the gain: W + scale*A@B
-        new[path] = (w - delta_w(ad["a"], ad["b"], cfg)).astype(kernel.dtype)
+    if cfg.dora:
+        new = {}
+        for path, kernel in _kernels(merged, lora).items():
+            ad = _get(lora, path)
+            w = kernel.astype(jnp.float32) * (_get(norms, path)["norm"] / ad["m"])  # W + s*A@B
+            new[path] = w - delta_w(ad["a"], ad["b"], cfg)
+    else:
+        new = _folded(merged, lora, cfg, -1.0)
+    new = {path: w.astype(_get(merged["params"], path)["kernel"].dtype)
+           for path, w in new.items()}
     out = dict(merged)
     out["params"] = _with_kernels(merged["params"], new)
     out[LORA] = lora
