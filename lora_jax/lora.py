@@ -121,6 +121,7 @@ class LoRADense(nn.Module):
     lora: LoRAConfig | None = None
     kernel_init: Any = nn.initializers.normal(0.02)
     quant: str | None = None
+    parts: tuple[str, ...] = ()
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -141,6 +142,8 @@ class LoRADense(nn.Module):
         if not self.has_adapter():
             return y
         cfg = self.lora
+        if self.targeted_parts():
+            return y + self._part_updates(x, deterministic)
         if cfg.rank > min(d_in, self.features):
             raise ValueError(
                 f"LoRAConfig.rank={cfg.rank} exceeds min(d_in, d_out)={min(d_in, self.features)} "
@@ -164,10 +167,55 @@ class LoRADense(nn.Module):
         return y + (g - 1) * base + g * update
 
     def has_adapter(self) -> bool:
-        """True when this layer is targeted and the adapters exist (or are being created)."""
-        if self.lora is None or self.role not in self.lora.targets:
+        """True when this layer (or a part of it) is targeted and the adapters exist (or are
+        being created)."""
+        if self.lora is None:
             return False
-        return self.is_mutable_collection(LORA) or self.has_variable(LORA, "a")
+        if self.role in self.lora.targets:
+            if self.targeted_parts():
+                raise ValueError(f"LoRAConfig.targets names both the fused layer {self.role!r} "
+                                 f"and its parts {self.targeted_parts()}; choose one")
+            return self.is_mutable_collection(LORA) or self.has_variable(LORA, "a")
+        return bool(self.targeted_parts()) and (self.is_mutable_collection(LORA) or any(
+            self.has_variable(LORA, p) for p in self.targeted_parts()))
+
+    def targeted_parts(self) -> tuple[str, ...]:
+        return tuple(p for p in self.parts if self.lora is not None and p in self.lora.targets)
+
+    def _part_updates(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        """The fused layer's update: each targeted part's ``scale * x @ A @ B`` in its block of
+        columns, exact zeros in the others'."""
+        cfg = self.lora
+        if cfg.dora or self.quant is not None:
+            raise ValueError(f"layer {'/'.join(self.scope.path)}: adapters on fused parts are "
+                             "plain LoRA (no DoRA, no quantized base)")
+        if self.features % len(self.parts):
+            raise ValueError(f"layer {'/'.join(self.scope.path)}: {self.features} features do "
+                             f"not split into {len(self.parts)} parts")
+        width = self.features // len(self.parts)
+        h = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
+        blocks = [LoRAPart(width, cfg, name=p)(h) if p in cfg.targets
+                  else jnp.zeros((*x.shape[:-1], width), x.dtype) for p in self.parts]
+        return jnp.concatenate(blocks, axis=-1)  # (..., features)
+
+
+class LoRAPart(nn.Module):
+    """The adapter of one part of a fused layer: ``scale * h @ A @ B`` with A (d_in, r) and
+    B (r, width) at ``<layer>/<part>`` in ``'lora'`` (``LoRADense.parts``)."""
+
+    width: int
+    lora: LoRAConfig
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        cfg, d_in = self.lora, h.shape[-1]
+        if cfg.rank > min(d_in, self.width):
+            raise ValueError(f"LoRAConfig.rank={cfg.rank} exceeds min(d_in, d_out)="
+                             f"{min(d_in, self.width)} of {'/'.join(self.scope.path)}")
+        a = self.variable(LORA, "a", lambda: init_a(self.make_rng(LORA), (d_in, cfg.rank),
+                                                    cfg.init)).value  # (d_in, r)
+        b = self.variable(LORA, "b", jnp.zeros, (cfg.rank, self.width), jnp.float32).value
+        return cfg.scale * ((h @ a.astype(h.dtype)) @ b.astype(h.dtype))  # (..., width)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -98,6 +98,13 @@ def check_frozen_quantized(variables: dict, method: str | Method) -> None:
                              "base")
 
 
+def apply_trainable(variables: Any, updates: Any, labels: Any) -> Any:
+    """``p + u`` on trainable leaves; frozen leaves are returned untouched (bit-identical: even
+    ``p + 0.0`` would turn a ``-0.0`` into ``0.0``)."""
+    return jax.tree.map(lambda p, u, lab: p if lab == FROZEN else p + u.astype(p.dtype),
+                        variables, updates, labels)
+
+
 def linear_schedule(learning_rate: float, total_steps: int, warmup_ratio: float = 0.06):
     """Linear warm-up from 0 over ``warmup_ratio`` of the steps, then linear decay to 0."""
     if total_steps <= 0:

@@ -27,10 +27,15 @@ from lora_jax.config import TrainConfig
 from lora_jax.data import Batcher
 from lora_jax.glue import Task
 from lora_jax.lora import LORA, pissa_init, pissa_to_lora
-from lora_jax.methods import FROZEN, TRAINABLE, get_method
+from lora_jax.methods import TRAINABLE, get_method
 from lora_jax.metrics import compute
 from lora_jax.models import SequenceClassifier, check_rank
-from lora_jax.optim import check_frozen_quantized, make_optimizer, trainable_labels
+from lora_jax.optim import (
+    apply_trainable,
+    check_frozen_quantized,
+    make_optimizer,
+    trainable_labels,
+)
 from lora_jax.pretrained import Pretrained
 from lora_jax.trees import flatten, unflatten
 
@@ -94,12 +99,6 @@ def forward(apply_fn: Callable, variables: dict, batch: dict, *, deterministic: 
                     batch["attention_mask"], deterministic=deterministic, rngs=rngs)
 
 
-def _apply_trainable(variables: Any, updates: Any, labels: Any) -> Any:
-    """``p + u`` on trainable leaves; frozen leaves are returned untouched (bit-identical)."""
-    return jax.tree.map(lambda p, u, lab: p if lab == FROZEN else p + u.astype(p.dtype),
-                        variables, updates, labels)
-
-
 def _global_norm(tree: Any, labels: Any) -> jax.Array:
     """Norm over trainable leaves only (touching frozen gradients would keep them alive)."""
     pairs = zip(jax.tree.leaves(tree), jax.tree.leaves(labels), strict=True)
@@ -124,7 +123,7 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True, allow_int=True)(
         state.variables)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.variables)
-    variables = _apply_trainable(state.variables, updates, labels)
+    variables = apply_trainable(state.variables, updates, labels)
     metrics = {"loss": loss, "grad_norm": _global_norm(grads, labels), **aux}
     return state.replace(step=state.step + 1, variables=variables, opt_state=opt_state), metrics
 
