@@ -41,7 +41,10 @@ from lora_jax.methods import REGISTRY, get_method, method_names
 from lora_jax.model_dir import DEFAULT_MODEL, CheckpointError
 from lora_jax.models import COMPUTE_DTYPES, LORA_TARGETS, TARGET_PRESETS, ModelConfig, check_rank
 from lora_jax.parallel import parse_mesh
-from lora_jax.peft import export_peft, import_peft, save_imported
+from lora_jax.peft import export_peft, import_peft, read_peft_config, save_imported
+from lora_jax.peft_gpt2 import MODEL as GPT2_MODEL
+from lora_jax.peft_gpt2 import TASK_TYPE as GPT2_TASK
+from lora_jax.peft_gpt2 import export_peft_gpt2, import_peft_gpt2, save_gpt2_adapter
 from lora_jax.pretrained import load_config
 from lora_jax.quant import FORMATS
 from lora_jax.report import parameter_report
@@ -258,14 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "quantized base is folded into the dequantized kernels)")
 
     p = sub.add_parser("export-peft", help="write a LoRA adapter as a Hugging Face PEFT dir")
-    p.add_argument("adapter", help="a LoRA adapter.safetensors written by train/compare")
+    p.add_argument("adapter", help="a LoRA adapter.safetensors written by train/compare (or a "
+                   "GPT-2 adapter: save_gpt2_adapter)")
     p.add_argument("--out", required=True, help="output directory (adapter_config.json + "
                    "adapter_model.safetensors), new or empty")
     p.add_argument("--overwrite", action="store_true", help="replace a PEFT directory that "
                    "export-peft wrote before")
 
     p = sub.add_parser("import-peft", help="read a PEFT LoRA dir into a lora_jax adapter file")
-    p.add_argument("peft_dir", help="a PEFT LoRA directory (task_type SEQ_CLS)")
+    p.add_argument("peft_dir", help="a PEFT LoRA directory (task_type SEQ_CLS, or CAUSAL_LM "
+                   "for GPT-2 with --model a GPT-2 directory)")
     p.add_argument("--out", required=True, help="the adapter file to write (.safetensors)")
     p.add_argument("--model", help="base model (default: the dir's base_model_name_or_path)")
     p.add_argument("--task", type=task_name, help="GLUE task the head is for (else give "
@@ -349,7 +354,9 @@ def cmd_merge(args) -> int:
 
 
 def cmd_export_peft(args) -> int:
-    out = export_peft(args.adapter, args.out, overwrite=args.overwrite)
+    gpt2 = read_adapter(args.adapter)[1].get("model") == GPT2_MODEL
+    export = export_peft_gpt2 if gpt2 else export_peft
+    out = export(args.adapter, args.out, overwrite=args.overwrite)
     print(json.dumps({"out": str(out), "files": sorted(f.name for f in out.iterdir())}))
     return 0
 
@@ -357,11 +364,29 @@ def cmd_export_peft(args) -> int:
 def cmd_import_peft(args) -> int:
     reads = {"the PEFT adapter": Path(args.peft_dir)}  # (the base is checked once it is known)
     check_output_file(args.out, overwrite=args.overwrite, reads=reads)  # before any loading
+    if read_peft_config(Path(args.peft_dir))[0].get("task_type") == GPT2_TASK:
+        return _import_peft_gpt2(args)
     imported = import_peft(args.peft_dir, base=args.model)
     out = save_imported(imported, args.out, task=args.task, overwrite=args.overwrite)
     print(json.dumps({"out": str(out), "base": imported.base, "rank": imported.lora.rank,
                       "alpha": imported.lora.alpha, "rslora": imported.lora.rslora,
                       "targets": list(imported.lora.targets), "task": args.task}))
+    return 0
+
+
+def _import_peft_gpt2(args) -> int:
+    """import-peft for a GPT-2 language-model adapter (task_type CAUSAL_LM): onto the GPT-2
+    directory ``--model`` (or the config's base_model_name_or_path)."""
+    base = args.model or read_peft_config(Path(args.peft_dir))[0].get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{args.peft_dir}: names no base_model_name_or_path; give --model")
+    if args.task is not None:
+        raise ValueError("--task is for classification adapters; a GPT-2 adapter has no task")
+    lora, variables, pre = import_peft_gpt2(args.peft_dir, base)
+    out = save_gpt2_adapter(args.out, variables, lora, pre, overwrite=args.overwrite)
+    print(json.dumps({"out": str(out), "base": str(base), "rank": lora.rank,
+                      "alpha": lora.alpha, "rslora": lora.rslora,
+                      "targets": list(lora.targets), "task": None}))
     return 0
 
 

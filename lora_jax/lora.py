@@ -494,3 +494,34 @@ def _replace_adapters(lora: dict, new: dict[tuple[str, ...], dict]) -> dict:
             else node
 
     return rebuild(lora, ())
+
+
+# ---------------------------------------------------------------------------------------------
+# A fused layer's part adapters as one adapter on the whole layer (for PEFT, which has no parts).
+
+
+def fuse_parts(variables: dict) -> tuple[dict, int]:
+    """Every fused layer's part adapters (``<layer>/query/{a,b}``, ...) -> one adapter on the
+    whole layer with the same update: ``A = [A_q | A_v]`` (d_in, n*r) and ``B`` (n*r, 3*width)
+    holding each part's B in its own rows and its own block of columns, zeros elsewhere. Returns
+    the new ``'lora'`` tree and n, the number of parts per layer: the rank grows n times, so
+    keep the scale by multiplying alpha by n (sqrt(n) for rsLoRA)."""
+    lora = variables[LORA]
+    layers: dict[Path, dict[str, dict]] = {}
+    for path, (layer, part) in _sites(variables, lora).items():
+        if part is not None:
+            layers.setdefault(layer, {})[FUSED_PARTS[part]] = _get(lora, path)
+    counts = {len(parts) for parts in layers.values()}
+    if len(counts) > 1:
+        raise ValueError("fuse_parts: the fused layers adapt different numbers of parts")
+    new = {}
+    for layer, parts in layers.items():
+        names = [p for p in FUSED_PARTS if p in parts]
+        r, width = parts[names[0]]["b"].shape  # (r, width)
+        b = jnp.zeros((len(names) * r, len(FUSED_PARTS) * width), jnp.float32)
+        for i, name in enumerate(names):
+            col = FUSED_PARTS.index(name) * width
+            b = b.at[i * r:(i + 1) * r, col:col + width].set(parts[name]["b"])
+        new[layer] = {"a": jnp.concatenate([parts[p]["a"] for p in names], axis=1), "b": b}
+
+    return _replace_adapters(lora, new), counts.pop() if counts else 1

@@ -319,7 +319,9 @@ class PeftImport:
         return {"params": params, LORA: self.variables[LORA]}
 
 
-def _read_config(peft_dir: Path) -> tuple[dict, Path, Path]:
+def read_peft_config(peft_dir: Path) -> tuple[dict, Path, Path]:
+    """``(adapter_config.json as a dict, its path, the weights' path)`` of a PEFT directory;
+    a missing file, a pickle instead of safetensors or bad JSON is an error naming the file."""
     if not peft_dir.is_dir():
         raise PeftFormatError(f"{peft_dir}: no such directory (a PEFT adapter directory holds "
                               f"{CONFIG_FILE} and {WEIGHTS_FILE})")
@@ -377,7 +379,7 @@ def _lora_config(config: dict, cfg_file: Path) -> LoRAConfig:
         raise PeftFormatError(f"{cfg_file}: {e}") from None
 
 
-def _read_tensors(weights: Path) -> dict[str, np.ndarray]:
+def read_peft_tensors(weights: Path) -> dict[str, np.ndarray]:
     """All tensors as float32 numpy arrays (float16/bfloat16 are widened, exactly)."""
     out = {}
     try:
@@ -412,9 +414,9 @@ def import_peft(peft_dir: str | os.PathLike, base: str | os.PathLike | Pretraine
     ``PeftFormatError`` that names the file and the culprit.
     """
     peft_dir = Path(peft_dir)
-    config, cfg_file, weights = _read_config(peft_dir)
+    config, cfg_file, weights = read_peft_config(peft_dir)
     lora = _lora_config(config, cfg_file)
-    tensors = _read_tensors(weights)
+    tensors = read_peft_tensors(weights)
 
     if base is None:
         base = config.get("base_model_name_or_path")

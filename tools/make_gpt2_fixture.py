@@ -18,15 +18,23 @@ config made here (2 layers, width 32, 4 heads, a vocabulary of 96, 24 positions)
   seeded random values so that it matters, saved with ``save_pretrained``, and ``logits.json``:
   the adapted model's logits on the same sequences.
 
-``--check DIR`` loads a PEFT directory that ``lora-jax export-peft`` wrote for the tiny model
-with ``PeftModel.from_pretrained`` and prints its logits on the fixed sequences as JSON, for the
-test that compares them with lora_jax's.
+The export check, in two steps (the first needs lora_jax, the second PEFT)::
+
+    .venv/bin/python tools/make_gpt2_fixture.py --export
+    PEER_VENV/bin/python tools/make_gpt2_fixture.py --check tests/fixtures/peft_gpt2_export
+
+``--export`` writes ``tests/fixtures/peft_gpt2_export``: a seeded lora_jax adapter in the
+paper's form (r=2, alpha=6 on c_attn's query and value parts, B random) exported with
+``export_peft_gpt2`` (which fuses the parts into one rank-4 c_attn adapter). ``--check DIR``
+loads DIR with ``PeftModel.from_pretrained`` on the tiny model and writes PEFT's logits on the
+fixed sequences to ``DIR/logits.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -83,18 +91,54 @@ def make() -> None:
     print(f"wrote {peft_dir}")
 
 
+def export() -> None:
+    import tempfile
+
+    import jax
+    import jax.numpy as jnp
+
+    from lora_jax import LoRAConfig
+    from lora_jax.gpt2 import GPT2, load_gpt2
+    from lora_jax.peft_gpt2 import export_peft_gpt2, save_gpt2_adapter
+    from lora_jax.trees import perturb
+
+    pre = load_gpt2(FIXTURES / "gpt2_tiny")
+    lora = LoRAConfig(rank=2, alpha=6.0, targets=("query", "value"))
+    v = GPT2(pre.config, lora).init({"params": jax.random.key(0), "lora": jax.random.key(1)},
+                                    jnp.array(IDS))
+    v = {"params": pre.params, "lora": perturb(v["lora"], jax.random.key(2), 0.3)}
+    here = Path.cwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # the manifest records the adapter's path: keep it relative
+        try:
+            f = save_gpt2_adapter("qv.safetensors", v, lora, pre)
+            out = export_peft_gpt2(f, FIXTURES / "peft_gpt2_export",
+                                   base_model_name_or_path="tests/fixtures/gpt2_tiny")
+        finally:
+            os.chdir(here)
+    print(f"wrote {out}")
+
+
 def check(peft_dir: Path) -> None:
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(base(), peft_dir).eval()
-    print(json.dumps({"logits": logits_of(model)}))
+    (peft_dir / "logits.json").write_text(json.dumps({"input_ids": IDS,
+                                                      "logits": logits_of(model)}))
+    print(f"wrote {peft_dir / 'logits.json'}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--check", type=Path, help="print the logits of this PEFT directory")
+    p.add_argument("--export", action="store_true", help="write peft_gpt2_export (lora_jax)")
+    p.add_argument("--check", type=Path, help="record PEFT's logits of this directory")
     args = p.parse_args(argv)
-    check(args.check) if args.check else make()
+    if args.export:
+        export()
+    elif args.check:
+        check(args.check)
+    else:
+        make()
     return 0
 
 
