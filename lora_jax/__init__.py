@@ -14,6 +14,16 @@ from lora_jax.compare import machine_info, step_memory
 from lora_jax.config import TrainConfig
 from lora_jax.data import Batcher, choose_buckets, encode, get_task, load_split
 from lora_jax.export import export_merged
+from lora_jax.gpt2 import (
+    GPT2,
+    GPT2Config,
+    PretrainedGPT2,
+    generate,
+    init_cache,
+    lm_loss,
+    lm_train_step,
+    load_gpt2,
+)
 from lora_jax.inject import inject
 from lora_jax.lora import (
     LoRAConfig,
@@ -22,6 +32,7 @@ from lora_jax.lora import (
     column_norm,
     delta_w,
     dora_gain,
+    fuse_parts,
     merge,
     pissa_factors,
     pissa_init,
@@ -30,6 +41,7 @@ from lora_jax.lora import (
     weight_norms,
 )
 from lora_jax.methods import DEFAULT_LR, METHOD_RULES, METHODS, Method, get_method, register
+from lora_jax.metrics import compute
 from lora_jax.models import (
     BLOCK_TARGETS,
     LORA_TARGETS,
@@ -40,6 +52,7 @@ from lora_jax.models import (
     abstract_variables,
 )
 from lora_jax.optim import (
+    apply_trainable,
     count_params,
     label_of,
     loraplus_labels,
@@ -47,6 +60,12 @@ from lora_jax.optim import (
     trainable_labels,
 )
 from lora_jax.paper import PAPER, TABLE2_ROBERTA_BASE
+from lora_jax.peft_gpt2 import (
+    export_peft_gpt2,
+    import_peft_gpt2,
+    read_gpt2_adapter,
+    save_gpt2_adapter,
+)
 from lora_jax.pretrained import (
     Pretrained,
     fingerprint,
@@ -92,6 +111,8 @@ __all__ = [
     "DEFAULT_LR",
     "Encoder",
     "FORMATS",
+    "GPT2",
+    "GPT2Config",
     "LORA_TARGETS",
     "LoRAConfig",
     "LoRADense",
@@ -104,6 +125,7 @@ __all__ = [
     "NF4_PAPER",
     "PAPER",
     "Pretrained",
+    "PretrainedGPT2",
     "SequenceClassifier",
     "TABLE2_ROBERTA_BASE",
     "TARGET_PRESETS",
@@ -114,10 +136,12 @@ __all__ = [
     "adapter_part",
     "adapter_to_save",
     "apply_adapter",
+    "apply_trainable",
     "build_model",
     "check_ids",
     "choose_buckets",
     "column_norm",
+    "compute",
     "count_params",
     "create_train_state",
     "delta_w",
@@ -127,16 +151,24 @@ __all__ = [
     "encode",
     "evaluate",
     "export_merged",
+    "export_peft_gpt2",
     "fingerprint",
     "fit",
     "flatten",
     "forward",
+    "fuse_parts",
+    "generate",
     "get_method",
     "get_task",
     "human_bytes",
+    "import_peft_gpt2",
+    "init_cache",
     "init_variables",
     "inject",
     "label_of",
+    "lm_loss",
+    "lm_train_step",
+    "load_gpt2",
     "load_pretrained",
     "load_split",
     "load_tokenizer",
@@ -156,9 +188,11 @@ __all__ = [
     "quantize",
     "quantize_params",
     "read_adapter",
+    "read_gpt2_adapter",
     "register",
     "restore",
     "save_adapter",
+    "save_gpt2_adapter",
     "save_pretrained",
     "stack_adapters",
     "step_memory",
