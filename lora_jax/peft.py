@@ -284,12 +284,21 @@ def export_peft(adapter_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     if base_model_name_or_path is None and base is not None:
         base_model_name_or_path = MINILM_HUB_ID if base in ALIASES else str(base)
     config = peft_config(lora, cfg.model_type, base_model_name_or_path)
+    return write_peft_dir(out_dir, out, config, adapter_path, meta["base_fingerprint"],
+                          overwrite=overwrite, reads=reads)
+
+
+def write_peft_dir(out_dir: str | os.PathLike, tensors: dict[str, np.ndarray], config: dict,
+                   adapter_path: str | os.PathLike, base_fingerprint: str, *, overwrite: bool,
+                   reads: dict[str, Path]) -> Path:
+    """``adapter_model.safetensors`` + ``adapter_config.json`` as one atomic directory, with a
+    manifest naming the adapter file it came from (``files.atomic_write_dir``)."""
 
     def write(tmp: Path) -> None:
-        save_file(out, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
-    info = {"exported_from": str(adapter_path), "base_fingerprint": meta["base_fingerprint"]}
+    info = {"exported_from": str(adapter_path), "base_fingerprint": base_fingerprint}
     return atomic_write_dir(Path(out_dir), write, kind=PEFT_KIND, overwrite=overwrite,
                             reads=reads, info=info)
 

@@ -14,7 +14,6 @@ stays alpha / r); it imports back as that whole-layer adapter, which gives the s
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import asdict
@@ -23,23 +22,21 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import save_file
 
 from lora_jax.checkpoint import CheckpointFileError, read_adapter, save_adapter
-from lora_jax.files import atomic_write_dir, check_output_dir, check_output_file
+from lora_jax.files import check_output_dir, check_output_file
 from lora_jax.gpt2 import GPT2, GPT2_TARGETS, GPT2Config, PretrainedGPT2, load_gpt2
 from lora_jax.lora import FUSED_PARTS, LORA, LoRAConfig, fuse_parts
 from lora_jax.peft import (
-    CONFIG_FILE,
     PEFT_KIND,
     PLAIN_INITS,
     UNSUPPORTED,
-    WEIGHTS_FILE,
     PeftFormatError,
     from_peft_key,
     read_peft_config,
     read_peft_tensors,
     to_peft_key,
+    write_peft_dir,
 )
 from lora_jax.trees import flatten, unflatten
 
@@ -128,14 +125,8 @@ def export_peft_gpt2(adapter_path: str | os.PathLike, out_dir: str | os.PathLike
         "modules_to_save": None, "init_lora_weights": True, "layers_to_transform": None,
         "layers_pattern": None, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
     }
-
-    def write(tmp: Path) -> None:
-        save_file(out, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-    info = {"exported_from": str(adapter_path), "base_fingerprint": meta["base_fingerprint"]}
-    return atomic_write_dir(Path(out_dir), write, kind=PEFT_KIND, overwrite=overwrite,
-                            reads=reads, info=info)
+    return write_peft_dir(out_dir, out, config, adapter_path, meta["base_fingerprint"],
+                          overwrite=overwrite, reads=reads)
 
 
 def import_peft_gpt2(peft_dir: str | os.PathLike, base: str | os.PathLike | PretrainedGPT2

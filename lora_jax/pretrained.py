@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tokenizers
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from lora_jax.files import atomic_write_dir
 from lora_jax.model_dir import (  # noqa: F401  (CheckpointError, DEFAULT_MODEL: public here too)
@@ -34,6 +34,7 @@ from lora_jax.model_dir import (  # noqa: F401  (CheckpointError, DEFAULT_MODEL:
     MODEL_PACKAGE,
     CheckpointError,
     read_json,
+    read_weights,
     resolve_model_dir,
 )
 from lora_jax.models import ModelConfig, SequenceClassifier, abstract_variables, init_head
@@ -172,15 +173,8 @@ def load_pretrained(
         check_format(quantize)
     model_dir = resolve_model_dir(name_or_path)
     weights_file = model_dir / "model.safetensors"
-    for f in (model_dir / "config.json", weights_file):
-        if not f.is_file():
-            raise CheckpointError(f"{model_dir}: missing {f.name} (a Hugging Face model "
-                                  "directory holds config.json and model.safetensors)")
+    tensors = read_weights(model_dir)
     cfg = load_config(model_dir, num_labels=num_labels)
-    try:
-        tensors = load_file(str(weights_file))
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{weights_file}: cannot read safetensors ({e})") from None
 
     expected = _expected_shapes(cfg)
     params: dict[str, np.ndarray] = {}
