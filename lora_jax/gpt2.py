@@ -270,9 +270,13 @@ def _cached_step(model, variables, ids, cache, top_k, temperature, key):
     return _pick(logits[:, -1], key, top_k, temperature), cache
 
 
-@partial(jax.jit, static_argnums=(0, 3, 4))
-def _full_step(model, variables, ids, top_k, temperature, key):
-    return _pick(model.apply(variables, ids)[:, -1], key, top_k, temperature)
+@partial(jax.jit, static_argnums=(0, 4, 5))
+def _full_step(model, variables, ids, last, top_k, temperature, key):
+    # ids (B, T_total) padded after position ``last``: causal attention means the padding
+    # changes nothing before it, and one compiled shape serves every step
+    logits = jax.lax.dynamic_index_in_dim(model.apply(variables, ids), last, axis=1,
+                                          keepdims=False)  # (B, V)
+    return _pick(logits, key, top_k, temperature)
 
 
 def generate(model: GPT2, variables: dict, prompt: jax.Array, max_new_tokens: int, *,
@@ -300,12 +304,12 @@ def generate(model: GPT2, variables: dict, prompt: jax.Array, max_new_tokens: in
             out.append(nxt)
             ids = nxt[:, None]  # (B, 1): only the new position runs next
     else:
-        ids = prompt
+        ids = jnp.zeros((b, total), prompt.dtype).at[:, :t0].set(prompt)
         for i in range(max_new_tokens):
-            nxt = _full_step(model, variables, ids, top_k, temperature,
+            nxt = _full_step(model, variables, ids, t0 + i - 1, top_k, temperature,
                              jax.random.fold_in(rng, i))
             out.append(nxt)
-            ids = jnp.concatenate([ids, nxt[:, None]], axis=1)
+            ids = ids.at[:, t0 + i].set(nxt)
     return jnp.stack(out, axis=1)  # (B, N)
 
 

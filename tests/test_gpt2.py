@@ -165,6 +165,7 @@ def test_parameter_counts_of_the_papers_query_value_recipe(pre):
     assert count_params(v) == count_params({"params": pre.params}) + n * 2 * r * 2 * d
 
 
+@pytest.mark.slow
 def test_the_cache_gives_the_same_logits_and_tokens_as_rerunning_everything(pre):
     # sharper weights than the fixture's (std 0.02 repeats one token) so that tokens vary
     params = perturb(pre.params, jax.random.key(3), 1.0)

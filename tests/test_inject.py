@@ -59,6 +59,7 @@ def test_plain_bert_has_our_encoders_params_and_gets_the_same_adapters(bert_pair
         np.testing.assert_array_equal(flatten(v_plain["lora"])[path], x)
 
 
+@pytest.mark.slow
 def test_injection_gives_the_same_logits_gradients_and_adapter_file(bert_pair, tmp_path):
     ours, plain, v_ours, _, batch = bert_pair
     v = {**v_ours, "lora": perturb(v_ours["lora"], jax.random.key(4), 0.3)}  # B != 0
@@ -90,6 +91,7 @@ def test_injection_gives_the_same_logits_gradients_and_adapter_file(bert_pair, t
         np.testing.assert_allclose(files["plain"][key], x, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_without_adapters_or_with_b_zero_an_injected_model_is_the_plain_model(bert_pair):
     ours, plain, _, v_plain, batch = bert_pair
     bare = PlainBert(ours.cfg).apply({"params": v_plain["params"]}, *batch)
