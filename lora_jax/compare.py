@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 from pathlib import Path
 
 import jax
@@ -55,18 +56,34 @@ def step_memory(state, batch: dict) -> dict:
     return out
 
 
+def vector_isa(flags: set[str]) -> str:
+    """The widest x86 vector extension in a CPU's flags: ``AVX-512``, ``AVX2`` or ``other``
+    (speed results do not compare across these: XLA's matmuls run ~4x faster with AVX-512)."""
+    if "avx512f" in flags:
+        return "AVX-512"
+    return "AVX2" if "avx2" in flags else "other"
+
+
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
+    """The machine a measurement ran on: CPU name, its vector ISA (and the ISA XLA was
+    limited to by ``--xla_cpu_max_isa``, when it was), cores, backend and versions."""
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+            lines = f.read().splitlines()
+        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+        flags = next((set(ln.split(":", 1)[1].split()) for ln in lines
+                      if ln.startswith("flags")), set())
         cpu = names[0] if names else cpu
     except OSError:
         pass
+    limit = re.search(r"--xla_cpu_max_isa=(\S+)", os.environ.get("XLA_FLAGS", ""))
     import flax
     import optax
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "backend": jax.default_backend(),
+    return {"cpu": cpu, "isa": vector_isa(flags),
+            "xla_max_isa": limit[1] if limit else None, "cores": os.cpu_count(),
+            "backend": jax.default_backend(),
             "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
             "python": platform.python_version()}
 

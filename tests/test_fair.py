@@ -250,3 +250,14 @@ def test_the_descendants_cost_benchmark_measures_each_variant():
     rows = after_lora.latency(pre, [1], 8, 1, 1)
     assert {r["variant"] for r in rows} == {"base", "lora_merged", "lora_unmerged",
                                             "dora_merged", "dora_unmerged"}
+
+
+def test_every_result_records_the_cpus_vector_isa(monkeypatch):
+    from lora_jax.compare import machine_info, vector_isa
+
+    assert vector_isa({"sse2", "avx", "avx2", "avx512f", "avx512bw"}) == "AVX-512"
+    assert vector_isa({"sse2", "avx", "avx2", "fma"}) == "AVX2"
+    assert vector_isa({"neon"}) == "other"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX2 --xla_cpu_enable_fast_math=false")
+    info = machine_info()
+    assert info["isa"] in ("AVX-512", "AVX2", "other") and info["xla_max_isa"] == "AVX2"
