@@ -70,8 +70,12 @@ def inject(model: nn.Module | type[nn.Module], lora: LoRAConfig) -> Any:
     cls = model if isinstance(model, type) else type(model)
     if not issubclass(cls, nn.Module):
         raise TypeError(f"inject: expected a flax.linen Module class or instance, got {cls!r}")
-    injected = type(f"LoRA{cls.__name__}", (cls,), {"__call__": _injected_call,
-                                                   "lora_config": lora,
+
+    def __call__(self, *args, **kwargs):
+        return _run_intercepted(super(injected, self).__call__, args, kwargs, lora,
+                                cls.__name__)
+
+    injected = type(f"LoRA{cls.__name__}", (cls,), {"__call__": __call__, "lora_config": lora,
                                                    "__module__": cls.__module__})
     if isinstance(model, type):
         return injected
@@ -80,9 +84,9 @@ def inject(model: nn.Module | type[nn.Module], lora: LoRAConfig) -> Any:
     return injected(**fields)
 
 
-def _injected_call(self, *args, **kwargs):
-    """The wrapped model's ``__call__``, run with every layer call intercepted; then the check
-    that each target matched a layer."""
+def _run_intercepted(call, args: tuple, kwargs: dict, lora: LoRAConfig, name: str):
+    """The model's own ``__call__`` (``call``), run with every layer call intercepted; then the
+    check that each target matched a layer."""
     calls: dict[str, str] = {}  # path of every module called -> its class name
     hits: set[str] = set()  # targets that matched a layer
     busy = [False]  # True while an update is computed (its helper layer is not a target)
@@ -96,27 +100,27 @@ def _injected_call(self, *args, **kwargs):
         y = next_fun(*args, **kwargs)
         if not isinstance(module, LAYERS):
             return y
-        matched = [p for p in self.lora_config.targets if re.search(p, path)]
+        matched = [p for p in lora.targets if re.search(p, path)]
         hits.update(matched)
         if not matched or not (module.is_mutable_collection(LORA)
                                or module.has_variable(LORA, "a")):
             return y
         busy[0] = True
         try:
-            return y + _update(module, args, kwargs, self.lora_config).astype(y.dtype)
+            return y + _update(module, args, kwargs, lora).astype(y.dtype)
         finally:
             busy[0] = False
 
     with nn.intercept_methods(interceptor):
-        out = super(type(self), self).__call__(*args, **kwargs)
-    missing = [p for p in self.lora_config.targets if p not in hits]
+        out = call(*args, **kwargs)
+    missing = [p for p in lora.targets if p not in hits]
     if missing:
         kinds = {t.__name__ for t in LAYERS}
         layers = ", ".join(f"{p} ({c})" for p, c in calls.items() if c in kinds) or "none"
         others = ", ".join(f"{p} ({c})" for p, c in calls.items() if c not in kinds and p)
         raise ValueError(
             f"LoRA target(s) {missing} match no Dense, DenseGeneral, Einsum or Conv layer of "
-            f"{type(self).__mro__[1].__name__}; its layers are: {layers}"
+            f"{name}; its layers are: {layers}"
             + (f"; other modules, which cannot carry adapters: {others}" if others else ""))
     return out
 

@@ -215,3 +215,13 @@ def test_bad_configs_are_refused():
         inject(SmallCNN(), LoRAConfig(rank=9, targets=("conv1",))).init(RNGS, IMAGES)
     with pytest.raises(TypeError, match="flax.linen Module"):
         inject(object(), LoRAConfig())
+
+
+def test_a_subclass_of_an_injected_model_still_runs_its_adapters():
+    cfg = LoRAConfig(rank=2, targets=("conv1",))
+
+    class Mine(inject(SmallCNN, cfg)):  # the injected call must not recurse into itself
+        pass
+
+    v = Mine().init(RNGS, IMAGES)
+    assert set(v["lora"]) == {"conv1"}
