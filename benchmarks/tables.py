@@ -31,7 +31,9 @@ def latest(rows: list[dict], key) -> list[dict]:
 
 def machine_line(r: dict) -> str:
     m = r["machine"]
-    return (f"\nMeasured {r['time'][:10]} on {m['cpu']} ({m['cores']} cores, {m['backend']}), "
+    isa = f"{m['isa']}, " if m.get("isa") else ""  # recorded since 2026-12-01
+    return (f"\nMeasured {r['time'][:10]} on {m['cpu']} ({isa}{m['cores']} cores, "
+            f"{m['backend']}), "
             f"jax {m['jax']}, flax {m['flax']}, optax {m['optax']}.\n")
 
 

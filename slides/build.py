@@ -48,7 +48,8 @@ def _mb(n: float) -> str:
 
 def _machine(r: dict) -> str:
     m = r["machine"]
-    return f"{m['cpu']}, {m['cores']} cores, jax {m['jax']}, {r['time'][:10]}"
+    isa = f" ({m['isa']})" if m.get("isa") else ""  # recorded since 2026-12-01
+    return f"{m['cpu']}{isa}, {m['cores']} cores, jax {m['jax']}, {r['time'][:10]}"
 
 
 def params() -> str:
