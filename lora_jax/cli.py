@@ -364,8 +364,9 @@ def cmd_export_peft(args) -> int:
 def cmd_import_peft(args) -> int:
     reads = {"the PEFT adapter": Path(args.peft_dir)}  # (the base is checked once it is known)
     check_output_file(args.out, overwrite=args.overwrite, reads=reads)  # before any loading
-    if read_peft_config(Path(args.peft_dir))[0].get("task_type") == GPT2_TASK:
-        return _import_peft_gpt2(args)
+    peft_config = read_peft_config(Path(args.peft_dir))[0]
+    if peft_config.get("task_type") == GPT2_TASK:
+        return _import_peft_gpt2(args, peft_config)
     imported = import_peft(args.peft_dir, base=args.model)
     out = save_imported(imported, args.out, task=args.task, overwrite=args.overwrite)
     print(json.dumps({"out": str(out), "base": imported.base, "rank": imported.lora.rank,
@@ -374,10 +375,10 @@ def cmd_import_peft(args) -> int:
     return 0
 
 
-def _import_peft_gpt2(args) -> int:
+def _import_peft_gpt2(args, peft_config: dict) -> int:
     """import-peft for a GPT-2 language-model adapter (task_type CAUSAL_LM): onto the GPT-2
     directory ``--model`` (or the config's base_model_name_or_path)."""
-    base = args.model or read_peft_config(Path(args.peft_dir))[0].get("base_model_name_or_path")
+    base = args.model or peft_config.get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{args.peft_dir}: names no base_model_name_or_path; give --model")
     if args.task is not None:

@@ -13,7 +13,6 @@ stays alpha / r); it imports back as that whole-layer adapter, which gives the s
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import asdict
@@ -67,8 +66,7 @@ def read_gpt2_adapter(path: str | os.PathLike) -> tuple[dict, LoRAConfig, GPT2Co
                                   f"{meta.get('model')!r})")
     try:
         cfg = GPT2Config(**meta["gpt2_config"])
-        lora = LoRAConfig(**{**meta["lora_config"], "targets": tuple(
-            meta["lora_config"]["targets"])})
+        lora = LoRAConfig(**meta["lora_config"])  # (it normalises the targets list)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointFileError(f"{path}: bad gpt2_config or lora_config ({e})") from None
     extra = sorted(p for p in tensors if not p.startswith(f"{LORA}/"))
@@ -96,13 +94,13 @@ def export_peft_gpt2(adapter_path: str | os.PathLike, out_dir: str | os.PathLike
     reads = {"the adapter": Path(adapter_path).parent}
     check_output_dir(out_dir, PEFT_KIND, overwrite=overwrite, reads=reads)
     lora_tree, lora, cfg, meta = read_gpt2_adapter(adapter_path)
-    template = flatten(_abstract(cfg, lora)[LORA])
+    abstract = _abstract(cfg, lora)  # shapes of 'params' and 'lora', computed once
+    template = flatten(abstract[LORA])
     held = flatten(lora_tree)
     if set(held) != set(template) or any(held[p].shape != template[p].shape for p in held):
         raise CheckpointFileError(f"{adapter_path}: tensors do not match its lora_config on its "
                                   f"gpt2_config: {sorted(set(held) ^ set(template))[:4]}")
-    params = _abstract(cfg, None)["params"]
-    fused, n = fuse_parts({"params": params, LORA: lora_tree})
+    fused, n = fuse_parts({"params": abstract["params"], LORA: lora_tree})
     grow = math.sqrt(n) if lora.rslora else n
     parts = [t for t in lora.targets if t in FUSED_PARTS]
     roles = sorted({("c_attn" if t in FUSED_PARTS else t) for t in lora.targets})
@@ -192,4 +190,4 @@ def import_peft_gpt2(peft_dir: str | os.PathLike, base: str | os.PathLike | Pret
     variables = {"params": pre.params,
                  LORA: unflatten({p.removeprefix(f"{LORA}/"): jnp.asarray(x)
                                   for p, x in ours.items()})}
-    return dataclasses.replace(lora), variables, pre
+    return lora, variables, pre
