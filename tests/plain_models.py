@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lora_jax.models import ModelConfig
+from lora_jax.models import ModelConfig, gelu
 
 
 class PlainSelfAttention(nn.Module):
@@ -55,7 +55,7 @@ class PlainIntermediate(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return nn.gelu(nn.Dense(self.cfg.intermediate_size, name="dense")(x), approximate=False)
+        return gelu(nn.Dense(self.cfg.intermediate_size, name="dense")(x))
 
 
 class PlainLayer(nn.Module):
