@@ -139,8 +139,7 @@ def _update(module: nn.Module, args: tuple, kwargs: dict, cfg: LoRAConfig) -> ja
                                                   cfg.init)).value  # (d_in, r)
     b = module.variable(LORA, "b", jnp.zeros, (cfg.rank, d_out), jnp.float32).value  # (r, d_out)
     xa = to_rows(a.astype(x.dtype))  # (..., r): the input through A
-    # the scale on the small B, as in LoRADense: the same update, no full-size multiply
-    return to_output(xa @ (cfg.scale * b).astype(x.dtype))  # (..., d_out) -> the layer's shape
+    return to_output(cfg.scale * (xa @ b.astype(x.dtype)))  # (..., d_out) -> the layer's shape
 
 
 def _layout(module: nn.Module, x: jax.Array, kernel_shape: tuple[int, ...], args: tuple,

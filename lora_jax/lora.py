@@ -154,10 +154,7 @@ class LoRADense(nn.Module):
         ).value  # (d_in, r)
         b = self.variable(LORA, "b", jnp.zeros, (cfg.rank, self.features), jnp.float32).value
         h = nn.Dropout(cfg.dropout, deterministic=deterministic)(x)
-        # scale * (h @ A) @ B, with the scale applied to the small (r, d_out) B rather than to
-        # the (..., d_out) product: the same update, and one full-size multiply less in the
-        # forward and in the backward pass (README "Speed notes")
-        update = (h @ a.astype(x.dtype)) @ (cfg.scale * b).astype(x.dtype)  # (..., d_out)
+        update = cfg.scale * ((h @ a.astype(x.dtype)) @ b.astype(x.dtype))  # (..., d_out)
         if not cfg.dora:
             return y + update
         m = self.variable(LORA, "m", column_norm, kernel).value  # (d_out,), starts at ||W||
@@ -218,7 +215,7 @@ class LoRAPart(nn.Module):
         a = self.variable(LORA, "a", lambda: init_a(self.make_rng(LORA), (d_in, cfg.rank),
                                                     cfg.init)).value  # (d_in, r)
         b = self.variable(LORA, "b", jnp.zeros, (cfg.rank, self.width), jnp.float32).value
-        return (h @ a.astype(h.dtype)) @ (cfg.scale * b).astype(h.dtype)  # (..., width)
+        return cfg.scale * ((h @ a.astype(h.dtype)) @ b.astype(h.dtype))  # (..., width)
 
 
 # ---------------------------------------------------------------------------------------------
