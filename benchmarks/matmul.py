@@ -10,8 +10,10 @@ Run it once natively and once with the vector ISA limited, to check that a limit
 
 Each line of ``results/matmul.jsonl`` records the machine (its ISA and the XLA limit), the
 environment variables that limit the others, and the median GFLOP/s per library and shape.
-The shapes: 2048^3, and MiniLM's largest step matmuls at batch 32, T = 64 (2048 tokens x 384
--> 1536 and back).
+The shapes (batch x m x k x n) are 2048^3 and those of MiniLM's step at batch 32, T = 64: the
+feed-forward matmuls (2048 tokens x 384 -> 1536 and back), the attention projections (384 ->
+384), LoRA's x @ A (384 -> 8) and the attention products per head (384 = 32 x 12 batches of
+64 x 32 @ 32 x 64 for Q K^T, 64 x 64 @ 64 x 32 for P V).
 """
 
 from __future__ import annotations
@@ -28,26 +30,28 @@ import jax.numpy as jnp
 import numpy as np
 from common import RESULTS, emit, header, timed
 
-SHAPES = ((2048, 2048, 2048), (2048, 384, 1536), (2048, 1536, 384))  # (m, k, n)
+SHAPES = ((1, 2048, 2048, 2048), (1, 2048, 384, 1536), (1, 2048, 1536, 384),
+          (1, 2048, 384, 384), (1, 2048, 384, 8), (384, 64, 32, 64), (384, 64, 64, 32))
 LIMITS = ("XLA_FLAGS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE")
 TORCH = """
 import json, statistics, sys, time, torch
 out = {}
-for m, k, n in json.loads(sys.argv[1]):
-    a, b = torch.randn(m, k), torch.randn(k, n)
+for bt, m, k, n in json.loads(sys.argv[1]):
+    a, b = torch.randn(bt, m, k).squeeze(0), torch.randn(bt, k, n).squeeze(0)
     for _ in range(3): a @ b
     ts = []
     for _ in range(int(sys.argv[2])):
         t0 = time.perf_counter(); a @ b; ts.append(time.perf_counter() - t0)
-    out[f"{m}x{k}x{n}"] = 2 * m * k * n / statistics.median(ts) / 1e9
+    name = (f"{bt}x" if bt > 1 else "") + f"{m}x{k}x{n}"
+    out[name] = 2 * bt * m * k * n / statistics.median(ts) / 1e9
 print(json.dumps({"torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability(),
                   "gflops": out}))
 """
 
 
-def gflops(fn, m: int, k: int, n: int, reps: int) -> float:
+def gflops(fn, flops: int, reps: int) -> float:
     fn()  # compile / warm up
-    return 2 * m * k * n / (statistics.median(timed(fn, reps)) / 1000) / 1e9
+    return flops / (statistics.median(timed(fn, reps)) / 1000) / 1e9
 
 
 def main() -> None:
@@ -57,14 +61,14 @@ def main() -> None:
     args = p.parse_args()
     rng = np.random.default_rng(0)
     result: dict[str, dict[str, float]] = {"xla": {}, "numpy": {}}
-    dot = jax.jit(jnp.dot)
-    for m, k, n in SHAPES:
-        a = rng.standard_normal((m, k), dtype=np.float32)
-        b = rng.standard_normal((k, n), dtype=np.float32)
+    dot = jax.jit(jnp.matmul)
+    for bt, m, k, n in SHAPES:
+        a = rng.standard_normal((bt, m, k) if bt > 1 else (m, k), dtype=np.float32)
+        b = rng.standard_normal((bt, k, n) if bt > 1 else (k, n), dtype=np.float32)
         ja, jb = jnp.asarray(a), jnp.asarray(b)
-        name = f"{m}x{k}x{n}"
-        result["xla"][name] = gflops(lambda ja=ja, jb=jb: dot(ja, jb), m, k, n, args.reps)
-        result["numpy"][name] = gflops(lambda a=a, b=b: a @ b, m, k, n, args.reps)
+        name, flops = (f"{bt}x" if bt > 1 else "") + f"{m}x{k}x{n}", 2 * bt * m * k * n
+        result["xla"][name] = gflops(lambda ja=ja, jb=jb: dot(ja, jb), flops, args.reps)
+        result["numpy"][name] = gflops(lambda a=a, b=b: a @ b, flops, args.reps)
     peer = None
     if args.peer_python:
         out = subprocess.run([args.peer_python, "-c", TORCH, json.dumps(SHAPES),

@@ -13,7 +13,9 @@ Ops fall in four groups:
 - ``other``.
 
 Busy time is summed over XLA's worker threads, so a group's share is of the threads' busy time,
-not of the wall clock; the wall-clock step time is measured separately, without the profiler.
+not of the wall clock; the wall-clock step time is measured separately, without the profiler,
+and so is the machine's f32 matmul peak (2048^3), against which the step's dot FLOPs per
+wall-clock second are reported.
 
     python benchmarks/profile_step.py --mode lora --seq 64
 """
@@ -28,7 +30,16 @@ import tempfile
 from pathlib import Path
 
 import jax
-from common import RESULTS, block, emit, header, make_state, synthetic_batch, timed
+from common import (
+    RESULTS,
+    block,
+    emit,
+    header,
+    make_state,
+    matmul_peak_gflops,
+    synthetic_batch,
+    timed,
+)
 
 from lora_jax import load_pretrained, train_step
 
@@ -179,6 +190,7 @@ def main() -> None:
     timed(step, 3)  # compile and warm up
     wall = statistics.median(timed(step, args.steps))
     busy = trace_ops(step, args.steps)
+    peak = matmul_peak_gflops()
     per_step = {k: v / 1e6 / args.steps for k, v in busy.items()}
     total = sum(per_step.values())
     groups: collections.Counter = collections.Counter()
@@ -205,6 +217,9 @@ def main() -> None:
           "group_share": {k: round(v / total, 3) for k, v in groups.most_common()},
           "dot_gflop_per_step": round(sum(i["flops"] for i in dots) / 1e9, 2),
           "dot_gflop_s_busy": round(sum(i["flops"] for i in dots) / (dot_ms / 1000) / 1e9, 1),
+          # the whole step's dot FLOPs over its wall time, against the same run's 2048^3 peak
+          "step_gflop_s": round(sum(i["flops"] for i in dots) / (wall / 1000) / 1e9, 1),
+          "matmul_peak_gflop_s": round(peak, 1),
           "places": [{"place": k, "busy_ms": round(v, 2), "share": round(v / total, 4)}
                      for k, v in places.most_common(args.top)],
           "top": top}, args.out)
