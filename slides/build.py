@@ -127,6 +127,73 @@ def peer() -> str:
                                f"`python benchmarks/peer.py`; {_machine(last)}.*")
 
 
+def peer_md() -> str:
+    """The README's full peer table: ``results/peer.md`` as ``benchmarks/tables.py`` wrote it."""
+    return (RESULTS / "peer.md").read_text(encoding="utf-8")
+
+
+def profile() -> str:
+    """Where the step's time goes, per mode: the op groups and the largest places."""
+    rows = _latest(_jsonl("profile.jsonl", "profile"),
+                   lambda r: (r["config"]["mode"], r["config"]["seq"]))
+    lines = ["| step | wall ms | dots | batched dots (attention) | elementwise | dot GFLOP "
+             "| step GFLOP/s (of peak) | largest non-dot places (share of busy time) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (mode, seq), r in sorted(rows.items()):
+        g = r["group_share"]
+        other = [p for p in r["places"] if not p["place"].startswith("dot")][:3]
+        places = "; ".join(f"{p['place'].split(' | ')[1]} {100 * p['share']:.1f} %"
+                           for p in other)
+        lines.append(
+            f"| {mode}, T = {seq} | {r['wall_step_ms']:.0f} | {100 * g.get('dot', 0):.0f} % | "
+            f"{100 * g.get('batched dot', 0):.0f} % | {100 * g.get('elementwise', 0):.0f} % | "
+            f"{r['dot_gflop_per_step']:.0f} | {r['step_gflop_s']:.0f} "
+            f"({100 * r['step_gflop_s'] / r['matmul_peak_gflop_s']:.0f} % of "
+            f"{r['matmul_peak_gflop_s']:.0f}) | {places} |")
+    last = max(rows.values(), key=lambda r: r["time"])
+    return "\n".join(lines) + (
+        "\n\n*Shares of XLA's busy time per step (`jax.profiler` trace, batch 32, dropout off; "
+        "`python benchmarks/profile_step.py --mode lora --seq 64`); step GFLOP/s: the dots' "
+        f"FLOPs over the wall-clock step, against the same run's 2048^3 matmul; {_machine(last)}.*")
+
+
+def matmul() -> str:
+    """f32 matmul GFLOP/s per library on the step's shapes (the latest run without limits)."""
+    runs = [r for r in _jsonl("matmul.jsonl", "matmul")
+            if not any(r["limits"].get(k) for k in ("XLA_FLAGS", "ATEN_CPU_CAPABILITY"))]
+    r = runs[-1]
+    libs = [lib for lib in ("xla", "torch", "numpy") if lib in r["gflops"]]
+    names = {"xla": "XLA (ours)", "torch": "PyTorch", "numpy": "numpy (OpenBLAS)"}
+    lines = ["| shape (batch x m x k x n) | " + " | ".join(names[lib] for lib in libs)
+             + " | XLA / PyTorch |", "|---" * (len(libs) + 2) + "|"]
+    for shape in r["gflops"]["xla"]:
+        cells = " | ".join(f"{r['gflops'][lib][shape]:.0f}" for lib in libs)
+        ratio = (f"{r['gflops']['xla'][shape] / r['gflops']['torch'][shape]:.2f}"
+                 if "torch" in libs else "")
+        lines.append(f"| {shape} | {cells} | {ratio} |")
+    return "\n".join(lines) + (
+        "\n\n*f32 GFLOP/s, median of " + str(r["config"]["reps"]) + " calls "
+        "(`python benchmarks/matmul.py --peer-python .venv-peer/bin/python`); "
+        f"{_machine(r)}.*")
+
+
+def speed_changes() -> str:
+    """Each speed change tried, measured against the version before it in one run."""
+    rows = _jsonl("speed_changes.jsonl", "versions")
+    lines = ["| change | step | new / before (median of rounds) | per round |",
+             "|---|---|---|---|"]
+    for r in rows:
+        what = (f"`{r['new_env']}`" if r.get("new_env")
+                else f"{r['new']}: {r['subject'].split(':')[0]}")
+        lines.append(f"| {what} | {r['config']['mode']}, T = {r['config']['seq']} | "
+                     f"{r['new_over_base']:.2f} | "
+                     f"{', '.join(f'{x:.2f}' for x in r['round_ratios'])} |")
+    return "\n".join(lines) + (
+        "\n\n*Each row: the train step (batch 32) of the version before and after, each in its "
+        "own process, alternating (`python benchmarks/versions.py --base SHA --new SHA`, or "
+        f"`--new-env` for an XLA setting); {_machine(rows[-1])}.*")
+
+
 def latency() -> str:
     rows = _latest(_jsonl("latency.jsonl", "latency"),
                    lambda r: (r["config"]["batch"], r["config"]["seq"], r["config"]["variant"]))
@@ -334,7 +401,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "params": params, "cost": cost, "cost_facts": cost_facts, "peer": peer,
     "latency": latency, "glue": glue, "glue_facts": glue_facts, "paper_table2": paper_table2,
     "storage": storage, "fair": fair, "fair_answer": fair_answer, "after_lora": after_lora,
-    "qlora": qlora,
+    "qlora": qlora, "peer_md": peer_md, "profile": profile, "matmul": matmul,
+    "speed_changes": speed_changes,
 }
 
 
