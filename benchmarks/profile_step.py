@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import re
 import statistics
 import tempfile
@@ -54,13 +55,6 @@ def _dims(shape: str) -> list[int]:
     return [int(d) for d in m.group(1).split(",") if d] if m else []
 
 
-def _prod(xs) -> int:
-    out = 1
-    for x in xs:
-        out *= x
-    return out
-
-
 def dot_flops(line: str, shapes: dict[str, str]) -> int:
     """2 x output elements x contracted size, for one HLO ``dot`` instruction line (``shapes``:
     the shapes of the instructions of its computation, by name)."""
@@ -70,7 +64,7 @@ def dot_flops(line: str, shapes: dict[str, str]) -> int:
     out, lhs, attrs = _dims(m.group(1)), _dims(shapes[m.group(2)]), m.group(4)
     c = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attrs)
     contracted = [lhs[int(i)] for i in c.group(1).split(",") if i] if c else []
-    return 2 * _prod(out) * _prod(contracted)
+    return 2 * math.prod(out) * math.prod(contracted)
 
 
 def parse_hlo(text: str) -> dict[str, dict]:
@@ -178,29 +172,32 @@ def main() -> None:
     pre = load_pretrained("minilm")
     holder = [make_state(pre, args.mode)]
     batch = synthetic_batch(args.batch, args.seq)
-    text = train_step.lower(holder[0], batch).compile().as_text()
+    # one compile: the steps below run this executable, so every traced op is one of its
+    # instructions (calling ``train_step`` itself would compile the same program again)
+    compiled = train_step.lower(holder[0], batch).compile()
+    text = compiled.as_text()
     if args.hlo_out:
         Path(args.hlo_out).write_text(text)
     hlo = parse_hlo(text)
 
     def step():
-        holder[0], metrics = train_step(holder[0], batch)
+        holder[0], metrics = compiled(holder[0], batch)
         return metrics["loss"]
 
-    timed(step, 3)  # compile and warm up
+    timed(step, 3)  # warm up
     wall = statistics.median(timed(step, args.steps))
     busy = trace_ops(step, args.steps)
     peak = matmul_peak_gflops()
     per_step = {k: v / 1e6 / args.steps for k, v in busy.items()}
     total = sum(per_step.values())
     groups: collections.Counter = collections.Counter()
-    for name, ms in per_step.items():
-        groups[group(hlo.get(name))] += ms
     places: collections.Counter = collections.Counter()
     for name, ms in per_step.items():
         info = hlo.get(name)
+        groups[group(info)] += ms
         places[f"{group(info)} | {where(info['source']) if info else name}"] += ms
-    dots = [i for i in hlo.values() if i["entry"] and group(i).endswith("dot")]
+    dot_flops_step = sum(i["flops"] for i in hlo.values()
+                         if i["entry"] and group(i).endswith("dot"))
     dot_ms = groups["dot"] + groups["batched dot"]
     top = []
     for name, ms in sorted(per_step.items(), key=lambda kv: -kv[1])[: args.top]:
@@ -215,10 +212,10 @@ def main() -> None:
           "wall_step_ms": wall, "busy_ms_per_step": round(total, 1),
           "group_ms": {k: round(v, 1) for k, v in groups.most_common()},
           "group_share": {k: round(v / total, 3) for k, v in groups.most_common()},
-          "dot_gflop_per_step": round(sum(i["flops"] for i in dots) / 1e9, 2),
-          "dot_gflop_s_busy": round(sum(i["flops"] for i in dots) / (dot_ms / 1000) / 1e9, 1),
+          "dot_gflop_per_step": round(dot_flops_step / 1e9, 2),
+          "dot_gflop_s_busy": round(dot_flops_step / (dot_ms / 1000) / 1e9, 1),
           # the whole step's dot FLOPs over its wall time, against the same run's 2048^3 peak
-          "step_gflop_s": round(sum(i["flops"] for i in dots) / (wall / 1000) / 1e9, 1),
+          "step_gflop_s": round(dot_flops_step / (wall / 1000) / 1e9, 1),
           "matmul_peak_gflop_s": round(peak, 1),
           "places": [{"place": k, "busy_ms": round(v, 2), "share": round(v / total, 4)}
                      for k, v in places.most_common(args.top)],
