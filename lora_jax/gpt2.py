@@ -33,7 +33,6 @@ import numpy as np
 
 from lora_jax.lora import FUSED_PARTS, LoRAConfig, LoRADense
 from lora_jax.model_dir import CheckpointError, read_json, read_weights
-from lora_jax.models import attend
 from lora_jax.optim import apply_trainable, trainable_labels
 from lora_jax.pretrained import fingerprint
 from lora_jax.trees import flatten, unflatten
@@ -128,14 +127,13 @@ class Attention(nn.Module):
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
                                              (0, length, 0, 0))
             cache = {"k": k, "v": v}
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(hd).astype(x.dtype)
         # causal: query i (position length + i) sees keys at positions <= length + i
         seen = jnp.arange(k.shape[1])[None, :] <= length + jnp.arange(t)[:, None]  # (T, T_k)
-        bias = jnp.where(seen, 0.0, jnp.finfo(jnp.float32).min)  # (T, T_k)
-
-        def drop(weights):
-            return nn.Dropout(cfg.attn_pdrop)(weights, deterministic=deterministic)
-
-        ctx = attend(q, k, v, bias, drop).reshape(b, t, d)  # (B, T, D)
+        scores = jnp.where(seen, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)  # (B, H, T, T_k)
+        probs = nn.Dropout(cfg.attn_pdrop)(probs, deterministic=deterministic)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, d)  # (B, T, D)
         y = LoRADense(d, "attn_proj", self.lora, name="c_proj")(ctx, deterministic)
         return nn.Dropout(cfg.resid_pdrop)(y, deterministic=deterministic), cache
 

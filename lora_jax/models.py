@@ -175,25 +175,6 @@ def gelu(x):
     return 0.5 * x * (1.0 + jax.lax.erf(x * (1 / math.sqrt(2))))
 
 
-def attend(q, k, v, bias, drop=lambda weights: weights):
-    """Scaled dot-product attention over heads: ``q`` (B, T, H, Dh), ``k`` and ``v`` (B, S, H, Dh),
-    ``bias`` broadcastable to (B, H, T, S) (0 where a query sees a key, a large negative number
-    where it does not), ``drop`` the dropout on the attention weights. Returns (B, T, H, Dh).
-
-    ``softmax(s) @ v`` is computed as ``(exp(s - max) @ v) / sum(exp(s - max))``: the same sums
-    in another order (float reassociation), but the normalising division runs over the
-    (B, T, H, Dh) context instead of the (B, H, T, S) weights, so the normalised weights are
-    never written to memory (``benchmarks/versions.py``; README "Speed notes"). Dropout scales
-    single weights, so it commutes with that division. The scores and the exponentials are
-    float32 whatever the compute dtype; the max is a constant for the gradient (softmax does not
-    depend on it)."""
-    q = q * (1 / math.sqrt(q.shape[-1]))  # fuses into the heads transpose: no pass over scores
-    s = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) + bias  # (B, H, T, S)
-    e = jnp.exp(s - jax.lax.stop_gradient(s.max(axis=-1, keepdims=True)))  # (B, H, T, S)
-    ctx = jnp.einsum("bhqk,bkhd->bqhd", drop(e).astype(q.dtype), v)  # (B, T, H, Dh)
-    return (ctx / jnp.einsum("bhqk->bqh", e)[..., None]).astype(q.dtype)
-
-
 class SelfAttention(nn.Module):
     cfg: ModelConfig
     lora: LoRAConfig | None
@@ -210,12 +191,12 @@ class SelfAttention(nn.Module):
                 x, deterministic)  # (B, T, D)
             return y.reshape(b, t, h, hd)  # (B, T, H, Dh)
 
-        def drop(weights):
-            return nn.Dropout(cfg.attention_probs_dropout_prob)(
-                weights, deterministic=deterministic)
-
-        # mask_bias: (B, 1, 1, T), 0 or a large negative number
-        ctx = attend(proj("query"), proj("key"), proj("value"), mask_bias, drop)  # (B,T,H,Dh)
+        q, k, v = proj("query"), proj("key"), proj("value")
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(hd).astype(x.dtype)  # (B,H,T,T)
+        scores = scores + mask_bias  # mask_bias: (B, 1, 1, T), 0 or a large negative number
+        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(x.dtype)
+        probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v)  # (B, T, H, Dh)
         return ctx.reshape(b, t, d)  # (B, T, D)
 
 
