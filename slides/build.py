@@ -180,18 +180,21 @@ def matmul() -> str:
 def speed_changes() -> str:
     """Each speed change tried, measured against the version before it in one run."""
     rows = _jsonl("speed_changes.jsonl", "versions")
-    lines = ["| change | step | new / before (median of rounds) | per round |",
-             "|---|---|---|---|"]
+    lines = ["| change | step | new / before (median of rounds) | per round | machine |",
+             "|---|---|---|---|---|"]
     for r in rows:
         what = (f"`{r['new_env']}`" if r.get("new_env")
                 else f"{r['new']}: {r['subject'].split(':')[0]}")
+        m = r["machine"]  # the VMs differ from session to session: each row says where it ran
         lines.append(f"| {what} | {r['config']['mode']}, T = {r['config']['seq']} | "
                      f"{r['new_over_base']:.2f} | "
-                     f"{', '.join(f'{x:.2f}' for x in r['round_ratios'])} |")
+                     f"{', '.join(f'{x:.2f}' for x in r['round_ratios'])} | "
+                     f"{m['cpu']} ({m.get('isa', '?')}), {r['time'][:10]} |")
     return "\n".join(lines) + (
         "\n\n*Each row: the train step (batch 32) of the version before and after, each in its "
         "own process, alternating (`python benchmarks/versions.py --base SHA --new SHA`, or "
-        f"`--new-env` for an XLA setting); {_machine(rows[-1])}.*")
+        f"`--new-env` for an XLA setting); {rows[-1]['machine']['cores']} cores, "
+        f"jax {rows[-1]['machine']['jax']}.*")
 
 
 def latency() -> str:
