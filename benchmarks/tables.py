@@ -37,6 +37,14 @@ def machine_line(r: dict) -> str:
             f"jax {m['jax']}, flax {m['flax']}, optax {m['optax']}.\n")
 
 
+def cpu(r: dict) -> str:
+    """The CPU and its vector ISA: the same ISA on two CPUs can give opposite answers (the peer
+    table), so speed tables keep one row set per CPU."""
+    m = r["machine"]
+    name = m["cpu"].replace("(R)", "").replace(" Processor", "")  # "Intel(R) Xeon(R) Processor"
+    return f"{name} ({m['isa']})" if m.get("isa") else name
+
+
 def default_model(r: dict) -> bool:
     """MiniLM in float32: the table's setting (other models and dtypes are separate runs)."""
     return (r["config"].get("model", "minilm") == "minilm"
@@ -93,22 +101,24 @@ def latency_table() -> str:
 
 
 def peer_table() -> str:
-    rows = latest(records("peer.jsonl", "peer"), lambda r: r["config"]["seq"])
+    rows = latest([r for r in records("peer.jsonl", "peer") if r["machine"].get("isa")],
+                  lambda r: (cpu(r), r["config"]["seq"]))  # the ISA is recorded since 2026-12-01
     if not rows:
         return ""
-    lines = ["| T | PEFT LoRA ms | lora_jax LoRA ms | ours / PEFT | PEFT full ms | "
-             "lora_jax full ms | ours / PEFT | LoRA / full (ours) | LoRA / full (PEFT) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: r["config"]["seq"]):
+    lines = ["| CPU | T | PEFT LoRA ms | lora_jax LoRA ms | ours / PEFT | PEFT full ms | "
+             "lora_jax full ms | ours / PEFT | LoRA / full (ours) | LoRA / full (PEFT) | "
+             "measured |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["time"][:10], cpu(r), r["config"]["seq"])):
         m = r["median_step_ms"]
         lines.append(
-            f"| {r['config']['seq']} | {m['peft_lora']:.0f} | {m['jax_lora']:.0f} | "
+            f"| {cpu(r)} | {r['config']['seq']} | {m['peft_lora']:.0f} | {m['jax_lora']:.0f} | "
             f"{r['jax_over_peft_lora']:.2f} | {m['peft_full']:.0f} | {m['jax_full']:.0f} | "
             f"{r['jax_over_peft_full']:.2f} | {r['lora_over_full_jax']:.2f} | "
-            f"{r['lora_over_full_peft']:.2f} |")
+            f"{r['lora_over_full_peft']:.2f} | {r['time'][:10]} |")
     note = (f"\nBatch 32, MiniLM, PEFT eager (torch CPU), each configuration in its own process, "
             f"alternating in {rows[0]['config']['rounds']} rounds of "
-            f"{rows[0]['config']['steps']} timed steps; ratios are medians of per-round ratios.")
+            f"{rows[0]['config']['steps']} timed steps; ratios are medians of per-round ratios; "
+            "the latest run on each CPU.")
     return "\n".join(lines) + "\n" + note + machine_line(rows[-1])
 
 

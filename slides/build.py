@@ -112,19 +112,29 @@ def cost_facts() -> str:
             f"peak ({peak['gflops']:.0f} GFLOP/s)")
 
 
+def _cpu(r: dict) -> str:
+    """The CPU and its vector ISA (as ``benchmarks/tables.py`` writes it): one row set each."""
+    m = r["machine"]
+    name = m["cpu"].replace("(R)", "").replace(" Processor", "")
+    return f"{name} ({m['isa']})" if m.get("isa") else name
+
+
 def peer() -> str:
-    rows = _latest(_jsonl("peer.jsonl", "peer"), lambda r: r["config"]["seq"])
-    lines = ["| T | LoRA: ours / PEFT | full: ours / PEFT | LoRA / full, ours "
+    rows = _latest([r for r in _jsonl("peer.jsonl", "peer") if r["machine"].get("isa")],
+                   lambda r: (_cpu(r), r["config"]["seq"]))
+    lines = ["| CPU | T | LoRA: ours / PEFT | full: ours / PEFT | LoRA / full, ours "
              "| LoRA / full, PEFT |",
-             "|---|---|---|---|---|"]
-    for t in sorted(rows):
-        r = rows[t]
-        lines.append(f"| {t} | {r['jax_over_peft_lora']:.2f} | {r['jax_over_peft_full']:.2f} | "
+             "|---|---|---|---|---|---|"]
+    for key in sorted(rows, key=lambda k: (rows[k]["time"][:10], k)):
+        r = rows[key]
+        lines.append(f"| {key[0]} | {key[1]} | {r['jax_over_peft_lora']:.2f} | "
+                     f"{r['jax_over_peft_full']:.2f} | "
                      f"{r['lora_over_full_jax']:.2f} | {r['lora_over_full_peft']:.2f} |")
-    last = rows[max(rows)]
+    last = max(rows.values(), key=lambda r: r["time"])
     return "\n".join(lines) + ("\n\n*Train-step time ratios, batch 32, MiniLM, interleaved "
-                               "with PyTorch + PEFT (eager) in one run; "
-                               f"`python benchmarks/peer.py`; {_machine(last)}.*")
+                               "with PyTorch + PEFT (eager) in one run, the latest run per CPU; "
+                               f"`python benchmarks/peer.py`; {last['machine']['cores']} cores, "
+                               f"jax {last['machine']['jax']}.*")
 
 
 def peer_md() -> str:
@@ -158,23 +168,26 @@ def profile() -> str:
 
 
 def matmul() -> str:
-    """f32 matmul GFLOP/s per library on the step's shapes (the latest run without limits)."""
-    runs = [r for r in _jsonl("matmul.jsonl", "matmul")
-            if not any(r["limits"].get(k) for k in ("XLA_FLAGS", "ATEN_CPU_CAPABILITY"))]
-    r = runs[-1]
-    libs = [lib for lib in ("xla", "torch", "numpy") if lib in r["gflops"]]
+    """f32 matmul GFLOP/s per library on the step's shapes: the latest run without limits on
+    each CPU."""
+    runs = _latest([r for r in _jsonl("matmul.jsonl", "matmul")
+                    if not any(r["limits"].get(k) for k in ("XLA_FLAGS", "ATEN_CPU_CAPABILITY"))],
+                   _cpu)
     names = {"xla": "XLA (ours)", "torch": "PyTorch", "numpy": "numpy (OpenBLAS)"}
-    lines = ["| shape (batch x m x k x n) | " + " | ".join(names[lib] for lib in libs)
-             + " | XLA / PyTorch |", "|---" * (len(libs) + 2) + "|"]
-    for shape in r["gflops"]["xla"]:
-        cells = " | ".join(f"{r['gflops'][lib][shape]:.0f}" for lib in libs)
-        ratio = (f"{r['gflops']['xla'][shape] / r['gflops']['torch'][shape]:.2f}"
-                 if "torch" in libs else "")
-        lines.append(f"| {shape} | {cells} | {ratio} |")
+    lines = ["| CPU | shape (batch x m x k x n) | " + " | ".join(names.values())
+             + " | XLA / PyTorch |", "|---" * (len(names) + 3) + "|"]
+    for where, r in sorted(runs.items(), key=lambda kv: kv[1]["time"]):
+        for shape in r["gflops"]["xla"]:
+            cells = " | ".join(f"{r['gflops'][lib][shape]:.0f}" if lib in r["gflops"] else ""
+                               for lib in names)
+            ratio = (f"{r['gflops']['xla'][shape] / r['gflops']['torch'][shape]:.2f}"
+                     if "torch" in r["gflops"] else "")
+            lines.append(f"| {where}, {r['time'][:10]} | {shape} | {cells} | {ratio} |")
+    last = max(runs.values(), key=lambda r: r["time"])
     return "\n".join(lines) + (
-        "\n\n*f32 GFLOP/s, median of " + str(r["config"]["reps"]) + " calls "
+        "\n\n*f32 GFLOP/s, median of " + str(last["config"]["reps"]) + " calls "
         "(`python benchmarks/matmul.py --peer-python .venv-peer/bin/python`); "
-        f"{_machine(r)}.*")
+        f"{last['machine']['cores']} cores, jax {last['machine']['jax']}.*")
 
 
 def speed_changes() -> str:
