@@ -145,17 +145,19 @@ def peer_md() -> str:
 def profile() -> str:
     """Where the step's time goes, per mode: the op groups and the largest places."""
     rows = _latest(_jsonl("profile.jsonl", "profile"),
-                   lambda r: (r["config"]["mode"], r["config"]["seq"]))
-    lines = ["| step | wall ms | dots | batched dots (attention) | elementwise | dot GFLOP "
+                   lambda r: (_cpu(r), r["config"]["mode"], r["config"]["seq"]))
+    lines = ["| CPU | step | wall ms | dots | batched dots (attention) | elementwise | dot GFLOP "
              "| step GFLOP/s (of peak) | largest non-dot places (share of busy time) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (mode, seq), r in sorted(rows.items()):
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (where, mode, seq), r in sorted(rows.items(), key=lambda kv: (kv[1]["time"][:10],
+                                                                      kv[0])):
         g = r["group_share"]
         other = [p for p in r["places"] if not p["place"].startswith("dot")][:3]
         places = "; ".join(f"{p['place'].split(' | ')[1]} {100 * p['share']:.1f} %"
                            for p in other)
         lines.append(
-            f"| {mode}, T = {seq} | {r['wall_step_ms']:.0f} | {100 * g.get('dot', 0):.0f} % | "
+            f"| {where} | {mode}, T = {seq} | {r['wall_step_ms']:.0f} | "
+            f"{100 * g.get('dot', 0):.0f} % | "
             f"{100 * g.get('batched dot', 0):.0f} % | {100 * g.get('elementwise', 0):.0f} % | "
             f"{r['dot_gflop_per_step']:.0f} | {r['step_gflop_s']:.0f} "
             f"({100 * r['step_gflop_s'] / r['matmul_peak_gflop_s']:.0f} % of "
@@ -164,7 +166,8 @@ def profile() -> str:
     return "\n".join(lines) + (
         "\n\n*Shares of XLA's busy time per step (`jax.profiler` trace, batch 32, dropout off; "
         "`python benchmarks/profile_step.py --mode lora --seq 64`); step GFLOP/s: the dots' "
-        f"FLOPs over the wall-clock step, against the same run's 2048^3 matmul; {_machine(last)}.*")
+        "FLOPs over the wall-clock step, against the same run's 2048^3 matmul; the latest run "
+        f"per CPU; {last['machine']['cores']} cores, jax {last['machine']['jax']}.*")
 
 
 def matmul() -> str:
