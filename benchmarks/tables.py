@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common import RESULTS
 
-from lora_jax.compare import human_bytes
+from lora_jax.compare import cpu_label, human_bytes
 from lora_jax.files import atomic_write
 
 
@@ -38,11 +38,7 @@ def machine_line(r: dict) -> str:
 
 
 def cpu(r: dict) -> str:
-    """The CPU and its vector ISA: the same ISA on two CPUs can give opposite answers (the peer
-    table), so speed tables keep one row set per CPU."""
-    m = r["machine"]
-    name = m["cpu"].replace("(R)", "").replace(" Processor", "")  # "Intel(R) Xeon(R) Processor"
-    return f"{name} ({m['isa']})" if m.get("isa") else name
+    return cpu_label(r["machine"])
 
 
 def default_model(r: dict) -> bool:

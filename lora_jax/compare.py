@@ -64,6 +64,14 @@ def vector_isa(flags: set[str]) -> str:
     return "AVX2" if "avx2" in flags else "other"
 
 
+def cpu_label(machine: dict) -> str:
+    """A ``machine_info()`` record's CPU and vector ISA, as the speed tables name it: two CPUs
+    with the same ISA can give opposite answers (the README's peer table), so each table keeps
+    one row set per label."""
+    name = machine["cpu"].replace("(R)", "").replace(" Processor", "")  # Intel(R) Xeon(R) ...
+    return f"{name} ({machine['isa']})" if machine.get("isa") else name
+
+
 def machine_info() -> dict:
     """The machine a measurement ran on: CPU name, its vector ISA (and the ISA XLA was
     limited to by ``--xla_cpu_max_isa``, when it was), cores, backend and versions."""

@@ -113,10 +113,9 @@ def cost_facts() -> str:
 
 
 def _cpu(r: dict) -> str:
-    """The CPU and its vector ISA (as ``benchmarks/tables.py`` writes it): one row set each."""
-    m = r["machine"]
-    name = m["cpu"].replace("(R)", "").replace(" Processor", "")
-    return f"{name} ({m['isa']})" if m.get("isa") else name
+    from lora_jax.compare import cpu_label
+
+    return cpu_label(r["machine"])
 
 
 def peer() -> str:

@@ -118,3 +118,17 @@ def test_every_python_block_in_the_deck_runs(tiny_base, tiny_glue, tmp_path, mon
         read = re.findall(r'"(runs/[^"]+)"', code)
         assert all(p == adapter for p in read), f"block {i} ({title}) reads {read}, not {adapter}"
         run_block(i, title, code)
+
+
+def test_speed_tables_keep_one_row_set_per_cpu(build):
+    """Two CPUs with the same ISA gave opposite peer ratios: the tables key rows by CPU."""
+    from lora_jax.compare import cpu_label
+
+    assert cpu_label({"cpu": "Intel(R) Xeon(R) Processor", "isa": "AVX-512"}) == \
+        "Intel Xeon (AVX-512)"
+    assert cpu_label({"cpu": "AMD EPYC"}) == "AMD EPYC"  # recorded before the ISA was
+    xeon = {"machine": {"cpu": "Intel(R) Xeon(R) Processor", "isa": "AVX-512"}}
+    epyc = {"machine": {"cpu": "AMD EPYC", "isa": "AVX-512"}}
+    latest = build._latest([dict(epyc, n=1), dict(xeon, n=2), dict(epyc, n=3)], build._cpu)
+    assert {k: r["n"] for k, r in latest.items()} == {"AMD EPYC (AVX-512)": 3,
+                                                       "Intel Xeon (AVX-512)": 2}
