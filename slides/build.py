@@ -49,7 +49,12 @@ def _mb(n: float) -> str:
 def _machine(r: dict) -> str:
     m = r["machine"]
     isa = f" ({m['isa']})" if m.get("isa") else ""  # recorded since 2026-12-01
-    return f"{m['cpu']}{isa}, {m['cores']} cores, jax {m['jax']}, {r['time'][:10]}"
+    return f"{m['cpu']}{isa}, {_cores_jax(r)}, {r['time'][:10]}"
+
+
+def _cores_jax(r: dict) -> str:
+    """The footnote of a table whose rows each name their CPU: what the rows share."""
+    return f"{r['machine']['cores']} cores, jax {r['machine']['jax']}"
 
 
 def params() -> str:
@@ -132,8 +137,7 @@ def peer() -> str:
     last = max(rows.values(), key=lambda r: r["time"])
     return "\n".join(lines) + ("\n\n*Train-step time ratios, batch 32, MiniLM, interleaved "
                                "with PyTorch + PEFT (eager) in one run, the latest run per CPU; "
-                               f"`python benchmarks/peer.py`; {last['machine']['cores']} cores, "
-                               f"jax {last['machine']['jax']}.*")
+                               f"`python benchmarks/peer.py`; {_cores_jax(last)}.*")
 
 
 def peer_md() -> str:
@@ -166,7 +170,7 @@ def profile() -> str:
         "\n\n*Shares of XLA's busy time per step (`jax.profiler` trace, batch 32, dropout off; "
         "`python benchmarks/profile_step.py --mode lora --seq 64`); step GFLOP/s: the dots' "
         "FLOPs over the wall-clock step, against the same run's 2048^3 matmul; the latest run "
-        f"per CPU; {last['machine']['cores']} cores, jax {last['machine']['jax']}.*")
+        f"per CPU; {_cores_jax(last)}.*")
 
 
 def matmul() -> str:
@@ -189,7 +193,7 @@ def matmul() -> str:
     return "\n".join(lines) + (
         "\n\n*f32 GFLOP/s, median of " + str(last["config"]["reps"]) + " calls "
         "(`python benchmarks/matmul.py --peer-python .venv-peer/bin/python`); "
-        f"{last['machine']['cores']} cores, jax {last['machine']['jax']}.*")
+        f"{_cores_jax(last)}.*")
 
 
 def speed_changes() -> str:
@@ -200,16 +204,14 @@ def speed_changes() -> str:
     for r in rows:
         what = (f"`{r['new_env']}`" if r.get("new_env")
                 else f"{r['new']}: {r['subject'].split(':')[0]}")
-        m = r["machine"]  # the VMs differ from session to session: each row says where it ran
         lines.append(f"| {what} | {r['config']['mode']}, T = {r['config']['seq']} | "
                      f"{r['new_over_base']:.2f} | "
                      f"{', '.join(f'{x:.2f}' for x in r['round_ratios'])} | "
-                     f"{m['cpu']} ({m.get('isa', '?')}), {r['time'][:10]} |")
+                     f"{_cpu(r)}, {r['time'][:10]} |")  # the VM differs between sessions
     return "\n".join(lines) + (
         "\n\n*Each row: the train step (batch 32) of the version before and after, each in its "
         "own process, alternating (`python benchmarks/versions.py --base SHA --new SHA`, or "
-        f"`--new-env` for an XLA setting); {rows[-1]['machine']['cores']} cores, "
-        f"jax {rows[-1]['machine']['jax']}.*")
+        f"`--new-env` for an XLA setting); {_cores_jax(rows[-1])}.*")
 
 
 def latency() -> str:
