@@ -13,7 +13,10 @@ environment variables that limit the others, and the median GFLOP/s per library 
 The shapes (batch x m x k x n) are 2048^3 and those of MiniLM's step at batch 32, T = 64: the
 feed-forward matmuls (2048 tokens x 384 -> 1536 and back), the attention projections (384 ->
 384), LoRA's x @ A (384 -> 8) and the attention products per head (384 = 32 x 12 batches of
-64 x 32 @ 32 x 64 for Q K^T, 64 x 64 @ 64 x 32 for P V).
+64 x 32 @ 32 x 64 for Q K^T, 64 x 64 @ 64 x 32 for P V). The backward pass reads operands the
+other way round: in a shape named ``... nt`` the second is stored transposed (``dX = dY @ W^T``:
+W is kept (d_in, d_out)), in ``... tn`` the first (``dW = X^T @ dY``, over the 2048 tokens:
+X is kept (tokens, d_in)).
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from common import RESULTS, emit, header, timed
 
 SHAPES = ((1, 2048, 2048, 2048), (1, 2048, 384, 1536), (1, 2048, 1536, 384),
           (1, 2048, 384, 384), (1, 2048, 384, 8), (384, 64, 32, 64), (384, 64, 64, 32))
+# the feed-forward and projection products of the backward pass, one operand stored transposed
+# (m x k x n): dX = dY @ W^T contracts over d_out, dW = X^T @ dY over the 2048 tokens
+BACKWARD = ((2048, 1536, 384, "nt"), (2048, 384, 1536, "nt"), (2048, 384, 384, "nt"),
+            (384, 2048, 1536, "tn"), (1536, 2048, 384, "tn"), (384, 2048, 384, "tn"))
 LIMITS = ("XLA_FLAGS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE")
 TORCH = """
 import json, statistics, sys, time, torch
@@ -44,6 +51,15 @@ for bt, m, k, n in json.loads(sys.argv[1]):
         t0 = time.perf_counter(); a @ b; ts.append(time.perf_counter() - t0)
     name = (f"{bt}x" if bt > 1 else "") + f"{m}x{k}x{n}"
     out[name] = 2 * bt * m * k * n / statistics.median(ts) / 1e9
+for m, k, n, layout in json.loads(sys.argv[3]):
+    a = torch.randn(m, k) if layout == "nt" else torch.randn(k, m)
+    b = torch.randn(n, k) if layout == "nt" else torch.randn(k, n)
+    f = (lambda: a @ b.t()) if layout == "nt" else (lambda: a.t() @ b)
+    for _ in range(3): f()
+    ts = []
+    for _ in range(int(sys.argv[2])):
+        t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
+    out[f"{m}x{k}x{n} {layout}"] = 2 * m * k * n / statistics.median(ts) / 1e9
 print(json.dumps({"torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability(),
                   "gflops": out}))
 """
@@ -69,13 +85,28 @@ def main() -> None:
         name, flops = (f"{bt}x" if bt > 1 else "") + f"{m}x{k}x{n}", 2 * bt * m * k * n
         result["xla"][name] = gflops(lambda ja=ja, jb=jb: dot(ja, jb), flops, args.reps)
         result["numpy"][name] = gflops(lambda a=a, b=b: a @ b, flops, args.reps)
+    for m, k, n, layout in BACKWARD:  # the same product, one operand stored transposed
+        if layout == "nt":
+            a = rng.standard_normal((m, k), dtype=np.float32)
+            b = rng.standard_normal((n, k), dtype=np.float32)
+            fn, np_fn = jax.jit(lambda a, b: a @ b.T), (lambda a=a, b=b: a @ b.T)
+        else:
+            a = rng.standard_normal((k, m), dtype=np.float32)
+            b = rng.standard_normal((k, n), dtype=np.float32)
+            fn, np_fn = jax.jit(lambda a, b: a.T @ b), (lambda a=a, b=b: a.T @ b)
+        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        name, flops = f"{m}x{k}x{n} {layout}", 2 * m * k * n
+        result["xla"][name] = gflops(lambda fn=fn, ja=ja, jb=jb: fn(ja, jb), flops, args.reps)
+        result["numpy"][name] = gflops(np_fn, flops, args.reps)
     peer = None
     if args.peer_python:
         out = subprocess.run([args.peer_python, "-c", TORCH, json.dumps(SHAPES),
-                              str(args.reps)], check=True, capture_output=True, text=True)
+                              str(args.reps), json.dumps(BACKWARD)],
+                             check=True, capture_output=True, text=True)
         peer = json.loads(out.stdout.strip().splitlines()[-1])
         result["torch"] = peer.pop("gflops")
-    emit({**header("matmul", {"shapes": [list(s) for s in SHAPES], "reps": args.reps}),
+    emit({**header("matmul", {"shapes": [list(s) for s in SHAPES],
+                              "backward": [list(s) for s in BACKWARD], "reps": args.reps}),
           "limits": {k: os.environ.get(k) for k in LIMITS}, "peer": peer,
           "gflops": {lib: {s: round(v, 1) for s, v in r.items()} for lib, r in result.items()}},
          RESULTS / "matmul.jsonl")

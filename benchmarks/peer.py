@@ -7,18 +7,22 @@ under ``results/``. The peer's environment comes from ``../shared/bench/setup_pe
 
     bash ../shared/bench/setup_peer_env.sh .venv-peer
     python benchmarks/peer.py --peer-python .venv-peer/bin/python --seqs 32,64 --rounds 3
+    taskset -c 0 python benchmarks/peer.py ...   # both sides on one core: rows of their own
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 from common import RESULTS, emit, header
+
+from lora_jax.compare import usable_cores
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
 
@@ -33,7 +37,8 @@ def main() -> None:
     args = p.parse_args()
     here = Path(__file__).resolve().parent
     for seq in [int(s) for s in args.seqs.split(",")]:
-        raw = RESULTS / f"peer_T{seq}.jsonl"
+        pinned = "" if usable_cores() == os.cpu_count() else f"_{usable_cores()}core"
+        raw = RESULTS / f"peer_T{seq}{pinned}.jsonl"  # under taskset, a file of its own
         raw.unlink(missing_ok=True)
         cmds = []
         for mode in ("lora", "full"):

@@ -32,7 +32,8 @@ def latest(rows: list[dict], key) -> list[dict]:
 def machine_line(r: dict) -> str:
     m = r["machine"]
     isa = f"{m['isa']}, " if m.get("isa") else ""  # recorded since 2026-12-01
-    return (f"\nMeasured {r['time'][:10]} on {m['cpu']} ({isa}{m['cores']} cores, "
+    pinned = f" of {m['machine_cores']}" if m["cores"] < m.get("machine_cores", 0) else ""
+    return (f"\nMeasured {r['time'][:10]} on {m['cpu']} ({isa}{m['cores']}{pinned} cores, "
             f"{m['backend']}), "
             f"jax {m['jax']}, flax {m['flax']}, optax {m['optax']}.\n")
 

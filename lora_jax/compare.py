@@ -69,12 +69,22 @@ def cpu_label(machine: dict) -> str:
     with the same ISA can give opposite answers (the README's peer table), so each table keeps
     one row set per label."""
     name = machine["cpu"].replace("(R)", "").replace(" Processor", "")  # Intel(R) Xeon(R) ...
-    return f"{name} ({machine['isa']})" if machine.get("isa") else name
+    label = f"{name} ({machine['isa']})" if machine.get("isa") else name
+    total = machine.get("machine_cores")  # recorded since 2026-12-02
+    if total and machine["cores"] < total:  # pinned to fewer cores (taskset): its own rows
+        label += f", {machine['cores']} of {total} cores"
+    return label
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one (Linux)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def machine_info() -> dict:
     """The machine a measurement ran on: CPU name, its vector ISA (and the ISA XLA was
-    limited to by ``--xla_cpu_max_isa``, when it was), cores, backend and versions."""
+    limited to by ``--xla_cpu_max_isa``, when it was), the cores this process may run on
+    and the machine's (fewer under ``taskset``), backend and versions."""
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -90,7 +100,8 @@ def machine_info() -> dict:
     import optax
 
     return {"cpu": cpu, "isa": vector_isa(flags),
-            "xla_max_isa": limit[1] if limit else None, "cores": os.cpu_count(),
+            "xla_max_isa": limit[1] if limit else None, "cores": usable_cores(),
+            "machine_cores": os.cpu_count(),
             "backend": jax.default_backend(),
             "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
             "python": platform.python_version()}

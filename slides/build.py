@@ -53,8 +53,10 @@ def _machine(r: dict) -> str:
 
 
 def _cores_jax(r: dict) -> str:
-    """The footnote of a table whose rows each name their CPU: what the rows share."""
-    return f"{r['machine']['cores']} cores, jax {r['machine']['jax']}"
+    """The footnote of a table whose rows each name their CPU: what the rows share (the
+    machine's cores; a row pinned to fewer says so in its CPU label)."""
+    m = r["machine"]
+    return f"{m.get('machine_cores', m['cores'])} cores, jax {m['jax']}"
 
 
 def params() -> str:
@@ -173,6 +175,14 @@ def profile() -> str:
         f"per CPU; {_cores_jax(last)}.*")
 
 
+def _shapes(r: dict) -> list[str]:
+    """A matmul record's shape names in the order the benchmark ran them (forward, then the
+    backward layouts), not the JSON's sorted order."""
+    names = [(f"{b}x" if b > 1 else "") + f"{m}x{k}x{n}" for b, m, k, n in r["config"]["shapes"]]
+    names += [f"{m}x{k}x{n} {layout}" for m, k, n, layout in r["config"].get("backward", [])]
+    return [n for n in names if n in r["gflops"]["xla"]]
+
+
 def matmul() -> str:
     """f32 matmul GFLOP/s per library on the step's shapes: the latest run without limits on
     each CPU."""
@@ -183,7 +193,7 @@ def matmul() -> str:
     lines = ["| CPU | shape (batch x m x k x n) | " + " | ".join(names.values())
              + " | XLA / PyTorch |", "|---" * (len(names) + 3) + "|"]
     for where, r in sorted(runs.items(), key=lambda kv: kv[1]["time"]):
-        for shape in r["gflops"]["xla"]:
+        for shape in _shapes(r):
             cells = " | ".join(f"{r['gflops'][lib][shape]:.0f}" if lib in r["gflops"] else ""
                                for lib in names)
             ratio = (f"{r['gflops']['xla'][shape] / r['gflops']['torch'][shape]:.2f}"

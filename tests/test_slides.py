@@ -127,6 +127,10 @@ def test_speed_tables_keep_one_row_set_per_cpu(build):
     assert cpu_label({"cpu": "Intel(R) Xeon(R) Processor", "isa": "AVX-512"}) == \
         "Intel Xeon (AVX-512)"
     assert cpu_label({"cpu": "AMD EPYC"}) == "AMD EPYC"  # recorded before the ISA was
+    pinned = {"cpu": "Intel(R) Xeon(R) Processor", "isa": "AVX-512", "cores": 1,
+              "machine_cores": 2}  # taskset -c 0: a different measurement, its own rows
+    assert cpu_label(pinned) == "Intel Xeon (AVX-512), 1 of 2 cores"
+    assert cpu_label(dict(pinned, cores=2)) == "Intel Xeon (AVX-512)"
     xeon = {"machine": {"cpu": "Intel(R) Xeon(R) Processor", "isa": "AVX-512"}}
     epyc = {"machine": {"cpu": "AMD EPYC", "isa": "AVX-512"}}
     latest = build._latest([dict(epyc, n=1), dict(xeon, n=2), dict(epyc, n=3)], build._cpu)
