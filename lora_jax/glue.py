@@ -303,6 +303,18 @@ def _build_mrpc(dest: Path, task: Task) -> None:
         atomic_write(dest / name, lambda tmp, b=body: Path(tmp).write_text(b, encoding="utf-8"))
 
 
+def local_data_dir(task: Task) -> Path | None:
+    """The GLUE root that holds ``task`` on this machine without a download:
+    ``$LORA_JAX_GLUE_DIR`` when it is set (whether or not it holds the task: that is
+    ``resolve_data_dir``'s error to report), else the download cache when it has the task,
+    else None (the notebooks' tests skip then: tests never touch the network)."""
+    if os.environ.get(ENV_DATA_DIR):
+        return Path(os.environ[ENV_DATA_DIR])
+    root = cache_dir() / "glue"
+    have = all((root / task.folder / f).is_file() for f in ("train.tsv", task.dev_file))
+    return root if have else None
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None, task: Task) -> Path:
     """The GLUE root for ``task``: the given directory, else ``$LORA_JAX_GLUE_DIR``, else the
     download cache (downloading on first use)."""
