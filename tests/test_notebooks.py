@@ -1,13 +1,13 @@
-"""The notebooks' test harness (``notebooks/conftest.py``): a notebook that trains on GLUE is
+"""The notebooks' test harness (``notebooks/glue_skip.py``): a notebook that trains on GLUE is
 skipped, with the reason, on a machine that has no GLUE files, instead of downloading them; its
 list of the tasks each notebook reads is complete."""
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import glue_skip  # notebooks/, on pytest's path (pyproject.toml)
 import pytest
 
 from lora_jax.glue import TASKS
@@ -16,20 +16,13 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 READS_DATA = re.compile(r"\b(load_split|fit|compare)\(")  # what reads a GLUE split
 
 
-def harness():
-    spec = importlib.util.spec_from_file_location("notebooks_conftest", NOTEBOOKS / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def code(path: Path) -> str:
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
     return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
 
 
 def test_every_notebook_that_reads_glue_lists_its_tasks():
-    listed = harness().GLUE_TASKS
+    listed = glue_skip.GLUE_TASKS
     assert set(listed) <= {p.name for p in NOTEBOOKS.glob("*.ipynb")}, "a listed notebook is gone"
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
         source = code(path)
@@ -38,19 +31,17 @@ def test_every_notebook_that_reads_glue_lists_its_tasks():
         named = {t for t in TASKS if re.search(rf"[\"']{t}[\"']", source)}
         assert named, f"{path.name} reads data but names no GLUE task"
         assert named <= set(listed.get(path.name, ())), (
-            f"{path.name} reads {sorted(named)}; notebooks/conftest.py lists "
+            f"{path.name} reads {sorted(named)}; notebooks/glue_skip.py lists "
             f"{listed.get(path.name, ())}")
 
 
 def test_a_notebook_without_its_glue_files_is_skipped_with_the_reason(tmp_path, monkeypatch):
-    module = harness()
-
     def collect():
         items = [SimpleNamespace(path=NOTEBOOKS / name, markers=[]) for name in
                  ("07_many_tasks_one_model.ipynb", "02_lora_from_scratch.ipynb")]
         for item in items:
             item.add_marker = item.markers.append
-        module.pytest_collection_modifyitems(None, items)
+        glue_skip.pytest_collection_modifyitems(None, items)
         return {item.path.name: item.markers for item in items}
 
     monkeypatch.delenv("LORA_JAX_GLUE_DIR", raising=False)

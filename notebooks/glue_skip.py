@@ -1,4 +1,6 @@
-"""The notebooks under pytest (``make test`` runs them in quick mode with nbmake).
+"""The notebooks under pytest (``make test`` runs them in quick mode with nbmake): a pytest
+plugin that ``pyproject.toml`` loads (``-p glue_skip``). Not a ``conftest.py``: the tests import
+their helpers ``from conftest``, and a second module of that name would shadow theirs.
 
 A notebook that trains on GLUE needs the task's files on this machine: from
 ``$LORA_JAX_GLUE_DIR`` (CI sets it) or the download cache. Without them it would download the
