@@ -36,8 +36,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     args = p.parse_args()
     here = Path(__file__).resolve().parent
+    pinned = "" if usable_cores() == os.cpu_count() else f"_{usable_cores()}core"
     for seq in [int(s) for s in args.seqs.split(",")]:
-        pinned = "" if usable_cores() == os.cpu_count() else f"_{usable_cores()}core"
         raw = RESULTS / f"peer_T{seq}{pinned}.jsonl"  # under taskset, a file of its own
         raw.unlink(missing_ok=True)
         cmds = []

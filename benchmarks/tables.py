@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common import RESULTS
 
-from lora_jax.compare import cpu_label, human_bytes
+from lora_jax.compare import cores_label, cpu_label, human_bytes
 from lora_jax.files import atomic_write
 
 
@@ -32,8 +32,7 @@ def latest(rows: list[dict], key) -> list[dict]:
 def machine_line(r: dict) -> str:
     m = r["machine"]
     isa = f"{m['isa']}, " if m.get("isa") else ""  # recorded since 2026-12-01
-    pinned = f" of {m['machine_cores']}" if m["cores"] < m.get("machine_cores", 0) else ""
-    return (f"\nMeasured {r['time'][:10]} on {m['cpu']} ({isa}{m['cores']}{pinned} cores, "
+    return (f"\nMeasured {r['time'][:10]} on {m['cpu']} ({isa}{cores_label(m)}, "
             f"{m['backend']}), "
             f"jax {m['jax']}, flax {m['flax']}, optax {m['optax']}.\n")
 

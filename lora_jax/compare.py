@@ -70,10 +70,19 @@ def cpu_label(machine: dict) -> str:
     one row set per label."""
     name = machine["cpu"].replace("(R)", "").replace(" Processor", "")  # Intel(R) Xeon(R) ...
     label = f"{name} ({machine['isa']})" if machine.get("isa") else name
-    total = machine.get("machine_cores")  # recorded since 2026-12-02
-    if total and machine["cores"] < total:  # pinned to fewer cores (taskset): its own rows
-        label += f", {machine['cores']} of {total} cores"
-    return label
+    return f"{label}, {cores_label(machine)}" if pinned(machine) else label
+
+
+def pinned(machine: dict) -> bool:
+    """Whether a run could use fewer cores than its machine has (``taskset``); the machine's
+    count is recorded since 2026-12-02."""
+    return machine.get("cores", 0) < machine.get("machine_cores", 0)
+
+
+def cores_label(machine: dict) -> str:
+    """``2 cores``, or ``1 of 2 cores`` for a pinned run."""
+    of = f" of {machine['machine_cores']}" if pinned(machine) else ""
+    return f"{machine['cores']}{of} cores"
 
 
 def usable_cores() -> int:

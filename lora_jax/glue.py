@@ -268,6 +268,11 @@ def fetch(url: str, size: int, sha256: str, task: Task) -> bytes:
     return data
 
 
+def task_files(root: Path, task: Task) -> list[Path]:
+    """The files a GLUE root holds for ``task``: ``<root>/<TASK>/train.tsv`` and its dev file."""
+    return [root / task.folder / "train.tsv", root / task.folder / task.dev_file]
+
+
 def download_task(task: Task, root: Path | None = None) -> Path:
     """Download and unpack one task into ``<cache>/glue/<TASK>/`` (once); returns ``<cache>/glue``.
 
@@ -276,7 +281,7 @@ def download_task(task: Task, root: Path | None = None) -> Path:
     """
     root = root or cache_dir() / "glue"
     dest = root / task.folder
-    if (dest / "train.tsv").is_file() and (dest / task.dev_file).is_file():
+    if all(p.is_file() for p in task_files(root, task)):
         return root
     dest.mkdir(parents=True, exist_ok=True)
     if task.folder == "MRPC":
@@ -311,8 +316,7 @@ def local_data_dir(task: Task) -> Path | None:
     if os.environ.get(ENV_DATA_DIR):
         return Path(os.environ[ENV_DATA_DIR])
     root = cache_dir() / "glue"
-    have = all((root / task.folder / f).is_file() for f in ("train.tsv", task.dev_file))
-    return root if have else None
+    return root if all(p.is_file() for p in task_files(root, task)) else None
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None, task: Task) -> Path:
@@ -323,7 +327,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None, task: Task) -> Path:
         return download_task(task)
     root = Path(given)
     folder = root / task.folder
-    expected = [folder / "train.tsv", folder / task.dev_file]
+    expected = task_files(root, task)
     if not all(p.is_file() for p in expected):
         found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else "no such folder"
         missing = ", ".join(str(p) for p in expected if not p.is_file())

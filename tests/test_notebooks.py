@@ -16,6 +16,11 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 READS_DATA = re.compile(r"\b(load_split|fit|compare)\(")  # what reads a GLUE split
 
 
+def named_tasks(source: str) -> set[str]:
+    """The GLUE tasks a notebook's code names as string literals."""
+    return {t for t in TASKS if re.search(rf"[\"']{t}[\"']", source)}
+
+
 def code(path: Path) -> str:
     cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
     return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
@@ -28,7 +33,7 @@ def test_every_notebook_that_reads_glue_lists_its_tasks():
         source = code(path)
         if not READS_DATA.search(source):
             continue
-        named = {t for t in TASKS if re.search(rf"[\"']{t}[\"']", source)}
+        named = named_tasks(source)
         assert named, f"{path.name} reads data but names no GLUE task"
         assert named <= set(listed.get(path.name, ())), (
             f"{path.name} reads {sorted(named)}; notebooks/glue_skip.py lists "
@@ -66,5 +71,4 @@ def test_a_notebook_without_its_glue_files_is_skipped_with_the_reason(tmp_path, 
 
 @pytest.mark.parametrize("name", ["01_why_adapt.ipynb", "11_lora_on_any_model.ipynb"])
 def test_the_check_sees_a_notebooks_tasks(name):
-    named = {t for t in TASKS if re.search(rf"[\"']{t}[\"']", code(NOTEBOOKS / name))}
-    assert named == {"sst2"}
+    assert named_tasks(code(NOTEBOOKS / name)) == {"sst2"}
