@@ -24,6 +24,14 @@ cells exist, marking what is still missing. Run it from a clone at a fixed commi
     python benchmarks/fair.py report --tasks rte,mrpc --out results/after_lora \\
         --methods lora,full,dora,loraplus,pissa,lora-r64,rslora-r64    # notebook 09's table
 
+A cell's own timings are as it ran: cells run two at a time on 2 cores, and a session pauses
+them to time benchmarks, so its examples/s say little about the method. ``costs`` measures the
+speed columns of the tables on an idle machine instead: each (task, variant)'s jitted step over
+the first batches of its first epoch (the task's mix of lengths), the variants interleaved in
+rounds, one JSON line each in ``results/fair_costs.jsonl``::
+
+    python benchmarks/fair.py costs --tasks rte,mrpc,stsb --methods lora,full,dora,pissa
+
 ``VARIANTS`` names what a cell trains; every variant is compared with full fine-tuning seed by
 seed, and the ``lora-*`` levers with plain LoRA too. ``note --compare runs/demo/compare.json``
 sets a one-seed ``lora-jax compare`` beside the spread measured here (``make demo`` ends with it).
@@ -32,22 +40,27 @@ sets a one-seed ``lora-jax compare`` beside the spread measured here (``make dem
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
+import jax
 from common import RESULTS
 
-from lora_jax.compare import machine_info, measure
+from lora_jax.compare import cpu_label, machine_info, measure
 from lora_jax.config import TrainConfig
 from lora_jax.data import get_task
 from lora_jax.files import atomic_write
 from lora_jax.models import BLOCK_TARGETS
-from lora_jax.run import RUN_FILES, fit
+from lora_jax.parallel import shard_batch
+from lora_jax.pretrained import load_pretrained
+from lora_jax.run import RUN_FILES, _set_up, fit
 
 # What a cell trains, by the name the tables use: the method and what it changes in the
 # config. "lora" and "full" are the comparison; "lora-all" and "lora-r16" are the two capacity
@@ -250,6 +263,88 @@ def run(tasks, methods, seeds, *, root: Path, runs: Path, data_dir=None, grid=GR
     return done
 
 
+# --- the costs, measured idle --------------------------------------------------------------
+
+COSTS = RESULTS / "fair_costs.jsonl"
+
+
+def cost_configs(cells: dict, tasks, methods) -> dict[tuple[str, str], TrainConfig]:
+    """One kept cell's config per (task, variant): a step's cost does not depend on the
+    learning rate or the seed (seed 0's cell, the lowest rate, when several)."""
+    out = {}
+    for (task, variant, _, _), r in sorted(cells.items(), key=lambda kv: (kv[0][3], kv[0][2])):
+        if task in tasks and variant in methods and (task, variant) not in out:
+            out[(task, variant)] = TrainConfig.from_json(r["config"])
+    return {k: out[k] for k in sorted(out, key=lambda k: (tasks.index(k[0]),
+                                                           methods.index(k[1])))}
+
+
+def time_costs(cfgs: dict, *, data_dir=None, batches: int = 24, rounds: int = 3) -> list[dict]:
+    """Examples per second of each config's jitted train step over the first ``batches``
+    batches of its first epoch (the task's own mix of padded lengths), already placed, the
+    configs interleaved in rounds (A B C A B C); each is compiled by a pass over its batches
+    first. Returns one record per config, the median round's speed."""
+    pres, setups = {}, {}
+    for key, cfg in cfgs.items():
+        task = get_task(cfg.task)
+        which = (cfg.model, task.num_labels, cfg.quantize)
+        if which not in pres:
+            pres[which] = load_pretrained(cfg.model, num_labels=task.num_labels,
+                                          quantize=cfg.quantize)
+        with tempfile.TemporaryDirectory() as tmp:  # _set_up writes config.json: thrown away
+            run = _set_up(cfg, Path(tmp) / "run", data_dir=data_dir, pretrained=pres[which],
+                          resume=False, overwrite=False, mesh=None, log_every=1)
+        host = list(itertools.islice(run.train_batches.epoch(1), batches))
+        placed = [shard_batch({k: v for k, v in b.items() if k != "index"}, run.mesh)
+                  for b in host]
+        state = run.state
+        for b in placed:  # compiles every length among them
+            state, metrics = run.train_step(state, b)
+        jax.block_until_ready(metrics)
+        setups[key] = {"run": run, "placed": placed, "state": state, "seconds": [],
+                       "examples": sum(float(b["weight"].sum()) for b in host),
+                       "length": sum(b["input_ids"].shape[1] for b in host) / len(host)}
+    for _ in range(rounds):
+        for su in setups.values():
+            state, t0 = su["state"], time.perf_counter()
+            for b in su["placed"]:
+                state, metrics = su["run"].train_step(state, b)
+            jax.block_until_ready((state, metrics))
+            su["seconds"].append(time.perf_counter() - t0)
+            su["state"] = state  # the step donates its input state
+    machine, at, sha = machine_info(), time.strftime("%Y-%m-%dT%H:%M:%S"), commit()
+    records = []
+    for (task, variant), su in setups.items():
+        seconds = statistics.median(su["seconds"])
+        records.append({
+            "benchmark": "fair_costs", "task": task, "variant": variant,
+            "batches": len(su["placed"]), "batch_size": cfgs[(task, variant)].batch_size,
+            "examples": su["examples"], "mean_padded_length": round(su["length"], 1),
+            "round_seconds": su["seconds"], "examples_per_s": su["examples"] / seconds,
+            "step_ms": 1000 * seconds / len(su["placed"]), "rounds": rounds,
+            "commit": sha, "machine": machine, "time": at})
+    return records
+
+
+def costs(tasks, methods, *, root: Path, out: Path = COSTS, data_dir=None, batches: int = 24,
+          rounds: int = 3) -> list[dict]:
+    """Measure and keep (appended to ``out``) the idle cost of every (task, variant) that has
+    a kept cell."""
+    records = time_costs(cost_configs(load_cells(root), tasks, methods), data_dir=data_dir,
+                         batches=batches, rounds=rounds)
+    old = out.read_text() if out.is_file() else ""
+    text = old + "".join(json.dumps(r) + "\n" for r in records)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+    return records
+
+
+def load_costs(path: Path = COSTS) -> dict[tuple[str, str], dict]:
+    """The latest idle cost per (task, variant)."""
+    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+    return {(r["task"], r["variant"]): r for r in sorted(rows, key=lambda r: r["time"])}
+
+
 # --- the report ---------------------------------------------------------------------------------
 
 
@@ -287,9 +382,13 @@ def difference(a: dict, b: dict) -> dict | None:
     return paired([a["by_seed"][s] - b["by_seed"][s] for s in common]) if common else None
 
 
-def summarize(cells: dict, tasks, methods, grid=GRID, extend=EXTEND) -> dict:
+def summarize(cells: dict, tasks, methods, grid=GRID, extend=EXTEND,
+              idle: dict | None = None) -> dict:
     """Per task: the grid with its choice, per method the seeds at the chosen rate (best and
-    final epoch, mean and sd, cost), and LoRA minus full per seed with its interval."""
+    final epoch, mean and sd, cost), and LoRA minus full per seed with its interval. ``idle``
+    (``load_costs``) gives each method's speed measured idle, and so the seconds its best epoch
+    takes at that speed."""
+    idle = {} if idle is None else idle
     out = {}
     for task in tasks:
         entry = {"methods": {}}
@@ -306,12 +405,18 @@ def summarize(cells: dict, tasks, methods, grid=GRID, extend=EXTEND) -> dict:
                 final = [runs[s]["final"]["score"] for s in sorted(runs)]
                 m.update(best=mean_sd(best), final=mean_sd(final),
                          best_epoch=[runs[s]["best"]["epoch"] for s in sorted(runs)],
-                         wall_s_to_best=statistics.median(runs[s]["best"]["wall_s"]
-                                                          for s in runs),
                          cpu_s_to_best=statistics.median(runs[s]["best"]["cpu_s"]
                                                          for s in runs),
                          cost=runs[min(runs)]["cost"], by_seed={s: runs[s]["best"]["score"]
                                                                 for s in sorted(runs)})
+                if (task, method) in idle:
+                    i = idle[(task, method)]
+                    m["idle"] = {"examples_per_s": i["examples_per_s"], "step_ms": i["step_ms"],
+                                 "batches": i["batches"],
+                                 "mean_padded_length": i["mean_padded_length"],
+                                 "s_to_best": statistics.median(
+                                     runs[s]["best"]["step"] for s in runs) * i["step_ms"] / 1e3,
+                                 "machine": i["machine"], "time": i["time"]}
             entry["methods"][method] = m
         ms = entry["methods"]
         entry["differences"] = {f"{a} - {b}": d for a, b in contrasts(methods)
@@ -327,25 +432,62 @@ def _mean_sd(pair) -> str:
     return f"{100 * mean:.1f}" + ("" if math.isnan(sd) else f" ± {100 * sd:.1f}")
 
 
+SAME_STEP = ("lora", "loraplus", "pissa")  # one computation: LoRA+ changes only B's learning
+# rate, PiSSA only the starting values (and the frozen residual): same shapes, same step
+
+
+def same_step_noise(summary: dict) -> str:
+    """The spread of the idle speeds of variants that run the same step, per task: how far
+    apart two measurements of one step land, so smaller differences read as noise."""
+    spreads = {}
+    for task, entry in summary.items():
+        speeds = [m["idle"]["examples_per_s"] for v, m in entry["methods"].items()
+                  if v in SAME_STEP and "idle" in m]
+        if len(speeds) > 1:
+            spreads[task] = max(speeds) / min(speeds) - 1
+    if not spreads:
+        return ""
+    names = ", ".join(NAMES[v] for v in SAME_STEP)
+    return (f" {names} run the same step; their speeds differ by up to "
+            f"{100 * max(spreads.values()):.0f} % ({', '.join(spreads)}), the noise of this "
+            "measurement.")
+
+
 def markdown(summary: dict, methods) -> str:
     lines = ["| task | method | grid: seed-0 best score by lr | chosen lr | seeds "
-             "| best (mean ± sd) | final (mean ± sd) | best epochs | CPU s to best "
-             "| trainable (w/o head) | optimizer state | examples/s |", "|" + "---|" * 12]
+             "| best (mean ± sd) | final (mean ± sd) | best epochs | trainable (w/o head) "
+             "| optimizer state | step memory | examples/s (idle) | s to best epoch (idle) |",
+             "|" + "---|" * 13]
+    timed = []
     for task, entry in summary.items():
         for method in methods:
             m = entry["methods"].get(method, {})
             grid = ", ".join(f"{k}: {100 * v:.1f}" for k, v in m.get("grid", {}).items()) or "-"
             if "best" not in m:
                 lines.append(f"| {task} | {method} | {grid} | {m.get('lr') or 'grid incomplete'} "
-                             "| - | - | - | - | - | - | - | - |")
+                             "| - | - | - | - | - | - | - | - | - |")
                 continue
-            c = m["cost"]
+            c, i = m["cost"], m.get("idle")
+            speed = (f"{i['examples_per_s']:.0f} | {i['s_to_best']:.0f}" if i
+                     else "not measured | -")
+            timed += [i] if i else []
             lines.append(
                 f"| {task} | {method} | {grid} | {m['lr']:g} | {len(m['seeds'])} | "
                 f"{_mean_sd(m['best'])} | {_mean_sd(m['final'])} | "
-                f"{', '.join(map(str, m['best_epoch']))} | {m['cpu_s_to_best']:.0f} | "
+                f"{', '.join(map(str, m['best_epoch']))} | "
                 f"{c['trainable_params']:,} ({c['trainable_params_without_head']:,}) | "
-                f"{c['optimizer_state_bytes'] / 1e6:.1f} MB | {c['examples_per_s']:.0f} |")
+                f"{c['optimizer_state_bytes'] / 1e6:.1f} MB | "
+                f"{c['step_memory_bytes'] / 1e9:.2f} GB | {speed} |")
+    where = sorted({f"{cpu_label(i['machine'])}, {i['time'][:10]}" for i in timed})
+    first = "/".join(sorted({str(i["batches"]) for i in timed})) or "the"
+    lines += ["", "Step memory: XLA's accounting of the compiled train step at the task's longest "
+              f"bucket. Speed: the method's train step over the first {first} batches of its "
+              "first epoch (the task's mix of lengths), measured idle with the methods "
+              "interleaved (`python benchmarks/fair.py costs`; "
+              + ("; ".join(where) if where else "not yet run") + "); seconds to the best epoch "
+              "are its steps (median over seeds) at that speed. The cells' own timings are not "
+              "used: they ran two at a time on 2 cores, paused whenever a benchmark ran."
+              + same_step_noise(summary)]
     lines += ["", "| task | difference | per seed (mean) | 95 % interval | within seed noise? |",
               "|---|---|---|---|---|"]
     for task, entry in summary.items():
@@ -539,9 +681,10 @@ def _no_nan(x):
     return x
 
 
-def report(tasks, methods, *, root: Path, out: Path, grid=GRID, extend=EXTEND) -> dict:
+def report(tasks, methods, *, root: Path, out: Path, grid=GRID, extend=EXTEND,
+           costs_file: Path = COSTS) -> dict:
     cells = load_cells(root)
-    summary = summarize(cells, tasks, methods, grid, extend)
+    summary = summarize(cells, tasks, methods, grid, extend, load_costs(costs_file))
     record = {"protocol": {"grid": {k: list(v) for k, v in grid.items()},
                            "extend": {k: list(v) for k, v in extend.items()}, "epochs": EPOCHS,
                            "train_limit": TRAIN_LIMIT, "chosen_on": "seed 0, best epoch"},
@@ -594,8 +737,11 @@ def demo_note(demo: dict, record: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("action", choices=("run", "report", "note"),
-                   help="note: set a compare.json (--compare) beside this study's results")
+    p.add_argument("action", choices=("run", "report", "costs", "note"),
+                   help="costs: time each (task, method) idle, for the report's speed columns; "
+                        "note: set a compare.json (--compare) beside this study's results")
+    p.add_argument("--batches", type=int, default=24, help="for costs: batches timed")
+    p.add_argument("--rounds", type=int, default=3, help="for costs: interleaved rounds")
     p.add_argument("--compare", help="for note: the compare.json of a `lora-jax compare` run")
     p.add_argument("--tasks", default="rte,mrpc,stsb,cola,sst2")
     p.add_argument("--methods", default="lora,full")
@@ -615,6 +761,11 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
         run(tasks, methods, seeds, root=Path(args.cells), runs=Path(args.runs),
             data_dir=args.data_dir, limit=args.limit, **extra)
+    elif args.action == "costs":
+        for r in costs(tasks, methods, root=Path(args.cells), data_dir=args.data_dir,
+                       batches=args.batches, rounds=args.rounds):
+            print(f"{r['task']} {r['variant']}: {r['examples_per_s']:.1f} examples/s, "
+                  f"{r['step_ms']:.0f} ms/step at mean length {r['mean_padded_length']}")
     elif args.action == "note":
         if not args.compare:
             p.error("note needs --compare PATH/compare.json")

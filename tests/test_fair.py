@@ -4,6 +4,7 @@ trained again, an interrupted cell resumes, and the paired interval is Student's
 
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -41,8 +42,11 @@ def test_protocol_grid_then_seeds_at_the_chosen_rate(tiny_base, tiny_glue, tmp_p
     assert record["commit"] and record["config"]["learning_rate"] == lora_lr
     assert tiny_run(tmp_path, tiny_base, tiny_glue) == []  # everything kept: nothing to train
 
+    costs = tmp_path / "costs.jsonl"
     summary = fair.report(["sst2"], ["lora", "full"], root=tmp_path / "results",
-                          out=tmp_path, grid=GRID, extend=EXTEND)["tasks"]["sst2"]
+                          out=tmp_path, grid=GRID, extend=EXTEND, costs_file=costs)["tasks"]["sst2"]
+    assert "idle" not in summary["methods"]["lora"]
+    assert "| not measured | - |" in (tmp_path / "fair.md").read_text()
     diffs = [cells[("sst2", "lora", lora_lr, s)]["best"]["score"]
              - cells[("sst2", "full", 1e-4, s)]["best"]["score"] for s in (0, 1)]
     d = summary["lora_minus_full"]
@@ -54,6 +58,22 @@ def test_protocol_grid_then_seeds_at_the_chosen_rate(tiny_base, tiny_glue, tmp_p
     assert (tmp_path / "figures" / "fair_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "fair.json").read_text())["tasks"]["sst2"]["methods"]["lora"][
         "lr"] == lora_lr
+
+    # the speed columns come from an idle measurement of each method, not from the cells
+    timed = fair.costs(["sst2"], ["lora", "full"], root=tmp_path / "results", out=costs,
+                       data_dir=str(tiny_glue), batches=2, rounds=2)
+    assert [(r["task"], r["variant"]) for r in timed] == [("sst2", "lora"), ("sst2", "full")]
+    for r in timed:
+        assert r["examples"] == 2 * 16 and len(r["round_seconds"]) == 2
+        assert math.isclose(r["examples_per_s"], 32 / statistics.median(r["round_seconds"]))
+    assert len(costs.read_text().splitlines()) == 2
+    lora = fair.report(["sst2"], ["lora", "full"], root=tmp_path / "results", out=tmp_path,
+                       grid=GRID, extend=EXTEND, costs_file=costs)["tasks"]["sst2"]["methods"][
+        "lora"]
+    steps = sorted(cells[("sst2", "lora", lora_lr, s)]["best"]["step"] for s in (0, 1))
+    assert math.isclose(lora["idle"]["s_to_best"], sum(steps) / 2 * timed[0]["step_ms"] / 1e3)
+    assert f"| {timed[0]['examples_per_s']:.0f} | {lora['idle']['s_to_best']:.0f} |" in (
+        tmp_path / "fair.md").read_text()
 
 
 @pytest.mark.slow
@@ -97,7 +117,7 @@ def test_committed_fair_tables_match_the_committed_cells():
     record = json.loads((fair.RESULTS / "fair.json").read_text())
     tasks = list(record["tasks"])
     methods = list(next(iter(record["tasks"].values()))["methods"])
-    summary = fair.summarize(fair.load_cells(root), tasks, methods)
+    summary = fair.summarize(fair.load_cells(root), tasks, methods, idle=fair.load_costs())
     assert (fair.RESULTS / "fair.md").read_text() == fair.markdown(summary, methods)
     assert record["answer"] == fair.verdict(json.loads(json.dumps(fair._no_nan(summary))))
     for figure in ("fair_curves.png", "fair_compare.png"):
