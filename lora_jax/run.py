@@ -378,6 +378,9 @@ def _finish(run: _Run, state: TrainState) -> RunResult:
     return result
 
 
+STALLED = 3.0  # a timed window this many times slower per token than the median was stalled
+
+
 @dataclass
 class RunResult:
     """What ``fit`` returns (and writes as ``summary.json``)."""
@@ -394,14 +397,26 @@ class RunResult:
 
     def step_time(self) -> dict:
         """Median milliseconds per step over the timed windows, examples (real rows) per
-        second over all of them, and the mean padded length of their batches."""
+        second over them, and the mean padded length of their batches.
+
+        A window that took more than ``STALLED`` times the median seconds per padded token is
+        left out of the examples per second (and counted in ``stalled_windows``): the process
+        was stopped or the machine suspended or busy with something else, and one such window
+        would otherwise set the rate of the whole run. Per token, not per step, so that windows
+        of long batches are not mistaken for stalls."""
         w = self.windows
         if not w:
             return {"median_step_ms": float("nan"), "examples_per_s": float("nan"),
-                    "mean_step_length": float("nan")}
+                    "mean_step_length": float("nan"), "stalled_windows": 0}
+        per_token = [x["seconds"] / x["tokens"] for x in w]
+        limit = STALLED * float(np.median(per_token))
+        kept = [x for x in w if x["seconds"] / x["tokens"] <= limit]
         return {"median_step_ms": float(np.median([1000 * x["seconds"] / x["steps"] for x in w])),
-                "examples_per_s": sum(x["examples"] for x in w) / sum(x["seconds"] for x in w),
-                "mean_step_length": sum(x["tokens"] for x in w) / sum(x["rows"] for x in w)}
+                "examples_per_s": sum(x["examples"] for x in kept) / sum(x["seconds"]
+                                                                         for x in kept),
+                "mean_step_length": sum(x["tokens"] for x in w) / sum(x["rows"] for x in w),
+                "stalled_windows": len(w) - len(kept)}
+
 
 
 RUN_FILES = ("config.json", "metrics.jsonl", "state.safetensors", "adapter.safetensors",

@@ -462,3 +462,25 @@ def test_resume_after_the_last_step_but_before_its_evaluation_still_evaluates(
     assert second.losses == [] and second.final == straight.final is not None
     log = (tmp_path / "b" / "metrics.jsonl").read_text()
     assert log == (tmp_path / "a" / "metrics.jsonl").read_text()
+
+
+def test_a_stalled_window_does_not_set_the_runs_examples_per_second():
+    """A window during which the process was stopped (SIGSTOP, a suspended laptop) is left out
+    of examples/s; a window of long batches is not mistaken for one."""
+    from pathlib import Path
+
+    from lora_jax.run import RunResult
+
+    def window(seconds, length):  # 10 steps of 32 rows
+        return {"first_step": 1, "steps": 10, "seconds": seconds, "examples": 320,
+                "tokens": 320 * length, "rows": 320}
+
+    steady = [window(1.0, 32), window(1.1, 32), window(4.0, 128), window(0.9, 32)]
+    result = RunResult(Path("."), [], [], None, None, steady)
+    t = result.step_time()
+    assert t["stalled_windows"] == 0  # the 128-token window costs 4x per step, not per token
+    assert np.isclose(t["examples_per_s"], 4 * 320 / 7.0)
+    result.windows = steady + [window(600.0, 32)]  # stopped for ten minutes
+    t = result.step_time()
+    assert t["stalled_windows"] == 1 and np.isclose(t["examples_per_s"], 4 * 320 / 7.0)
+    assert np.isclose(t["mean_step_length"], (4 * 32 + 128) / 5)
