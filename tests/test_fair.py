@@ -109,19 +109,21 @@ def test_paired_interval_and_noise_verdict():
     assert fair.paired([0.01])["noise"] is None  # one seed: no interval
 
 
-def test_committed_fair_tables_match_the_committed_cells():
-    """results/fair.md is what the report makes of results/fair/ (no hand-edited numbers)."""
-    root = fair.RESULTS / "fair"
-    if not root.is_dir():
-        pytest.skip("no fair-comparison cells committed yet")
-    record = json.loads((fair.RESULTS / "fair.json").read_text())
+@pytest.mark.parametrize("report", ["", "after_lora", "levers"])
+def test_committed_fair_tables_match_the_committed_cells(report):
+    """Each committed report (results/fair.md, results/after_lora/, results/levers/) is what
+    the report makes of results/fair/ and the idle costs (no hand-edited numbers)."""
+    root, out = fair.RESULTS / "fair", fair.RESULTS / report
+    if not (root.is_dir() and (out / "fair.json").is_file()):
+        pytest.skip(f"no {out / 'fair.json'} committed yet")
+    record = json.loads((out / "fair.json").read_text())
     tasks = list(record["tasks"])
     methods = list(next(iter(record["tasks"].values()))["methods"])
     summary = fair.summarize(fair.load_cells(root), tasks, methods, idle=fair.load_costs())
-    assert (fair.RESULTS / "fair.md").read_text() == fair.markdown(summary, methods)
+    assert (out / "fair.md").read_text() == fair.markdown(summary, methods)
     assert record["answer"] == fair.verdict(json.loads(json.dumps(fair._no_nan(summary))))
     for figure in ("fair_curves.png", "fair_compare.png"):
-        assert (fair.RESULTS / "figures" / figure).is_file()
+        assert (out / "figures" / figure).is_file()
 
 
 def test_the_search_steps_past_a_winning_edge():
