@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from lora_jax import (
 from lora_jax.compare import machine_info
 from lora_jax.lora import LORA as LORA_COLLECTION
 from lora_jax.models import ADAPTERS, SequenceClassifier
+from lora_jax.parallel import shard_batch
+from lora_jax.run import _set_up
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 LORA = LoRAConfig(rank=8, alpha=16.0, targets=("query", "value"))
@@ -102,3 +106,25 @@ def header(kind: str, config: dict) -> dict:
     argv = [os.path.relpath(a) if os.path.isabs(a) else a for a in sys.argv[1:]]
     return {"benchmark": kind, "machine": machine_info(), "config": config,
             "argv": argv, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def placed_epoch(cfg, pre, data_dir=None, limit: int | None = None):
+    """``fit``'s set-up for ``cfg`` (in a throw-away directory), the first ``limit`` batches of
+    its first epoch (all of them by default) as host arrays and placed on its mesh, and the
+    state after one pass over them, so that every batch shape is compiled. Returns
+    ``(run, host, placed, state)``; time further passes with ``steps``."""
+    with tempfile.TemporaryDirectory() as tmp:  # _set_up writes config.json there
+        run = _set_up(cfg, Path(tmp) / "run", data_dir=data_dir, pretrained=pre, resume=False,
+                      overwrite=False, mesh=None, log_every=1)
+    host = list(itertools.islice(run.train_batches.epoch(1), limit))
+    placed = [shard_batch({k: v for k, v in b.items() if k != "index"}, run.mesh)
+              for b in host]
+    return run, host, placed, steps(run, run.state, placed)
+
+
+def steps(run, state, placed):
+    """``run``'s jitted step over the placed batches, back to back; the state after them
+    (the step donates its input), once the device is done."""
+    for b in placed:
+        state, metrics = run.train_step(state, b)
+    return jax.block_until_ready((state, metrics))[0]

@@ -46,21 +46,18 @@ import math
 import os
 import statistics
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-import jax
-from common import RESULTS
+from common import RESULTS, placed_epoch, steps
 
 from lora_jax.compare import cpu_label, machine_info, measure
 from lora_jax.config import TrainConfig
 from lora_jax.data import get_task
 from lora_jax.files import atomic_write
 from lora_jax.models import BLOCK_TARGETS
-from lora_jax.parallel import shard_batch
 from lora_jax.pretrained import load_pretrained
-from lora_jax.run import RUN_FILES, _set_up, fit
+from lora_jax.run import RUN_FILES, fit
 
 # What a cell trains, by the name the tables use: the method and what it changes in the
 # config. "lora" and "full" are the comparison; "lora-all" and "lora-r16" are the two capacity
@@ -269,14 +266,16 @@ COSTS = RESULTS / "fair_costs.jsonl"
 
 
 def cost_configs(cells: dict, tasks, methods) -> dict[tuple[str, str], TrainConfig]:
-    """One kept cell's config per (task, variant): a step's cost does not depend on the
-    learning rate or the seed (seed 0's cell, the lowest rate, when several)."""
+    """One kept cell's config per (task, variant), in the order of ``tasks`` and ``methods``:
+    a step's cost does not depend on the learning rate or the seed (seed 0's cell, the lowest
+    rate, when several)."""
     out = {}
-    for (task, variant, _, _), r in sorted(cells.items(), key=lambda kv: (kv[0][3], kv[0][2])):
-        if task in tasks and variant in methods and (task, variant) not in out:
-            out[(task, variant)] = TrainConfig.from_json(r["config"])
-    return {k: out[k] for k in sorted(out, key=lambda k: (tasks.index(k[0]),
-                                                           methods.index(k[1])))}
+    for task, variant in itertools.product(tasks, methods):
+        keys = [k for k in cells if k[:2] == (task, variant)]
+        if keys:
+            first = min(keys, key=lambda k: (k[3], k[2]))
+            out[(task, variant)] = TrainConfig.from_json(cells[first]["config"])
+    return out
 
 
 def time_costs(cfgs: dict, *, data_dir=None, batches: int = 24, rounds: int = 3) -> list[dict]:
@@ -291,27 +290,15 @@ def time_costs(cfgs: dict, *, data_dir=None, batches: int = 24, rounds: int = 3)
         if which not in pres:
             pres[which] = load_pretrained(cfg.model, num_labels=task.num_labels,
                                           quantize=cfg.quantize)
-        with tempfile.TemporaryDirectory() as tmp:  # _set_up writes config.json: thrown away
-            run = _set_up(cfg, Path(tmp) / "run", data_dir=data_dir, pretrained=pres[which],
-                          resume=False, overwrite=False, mesh=None, log_every=1)
-        host = list(itertools.islice(run.train_batches.epoch(1), batches))
-        placed = [shard_batch({k: v for k, v in b.items() if k != "index"}, run.mesh)
-                  for b in host]
-        state = run.state
-        for b in placed:  # compiles every length among them
-            state, metrics = run.train_step(state, b)
-        jax.block_until_ready(metrics)
+        run, host, placed, state = placed_epoch(cfg, pres[which], data_dir, batches)
         setups[key] = {"run": run, "placed": placed, "state": state, "seconds": [],
                        "examples": sum(float(b["weight"].sum()) for b in host),
                        "length": sum(b["input_ids"].shape[1] for b in host) / len(host)}
     for _ in range(rounds):
         for su in setups.values():
-            state, t0 = su["state"], time.perf_counter()
-            for b in su["placed"]:
-                state, metrics = su["run"].train_step(state, b)
-            jax.block_until_ready((state, metrics))
+            t0 = time.perf_counter()
+            su["state"] = steps(su["run"], su["state"], su["placed"])
             su["seconds"].append(time.perf_counter() - t0)
-            su["state"] = state  # the step donates its input state
     machine, at, sha = machine_info(), time.strftime("%Y-%m-%dT%H:%M:%S"), commit()
     records = []
     for (task, variant), su in setups.items():
@@ -382,6 +369,9 @@ def difference(a: dict, b: dict) -> dict | None:
     return paired([a["by_seed"][s] - b["by_seed"][s] for s in common]) if common else None
 
 
+IDLE_FIELDS = ("examples_per_s", "step_ms", "batches", "mean_padded_length", "machine", "time")
+
+
 def summarize(cells: dict, tasks, methods, grid=GRID, extend=EXTEND,
               idle: dict | None = None) -> dict:
     """Per task: the grid with its choice, per method the seeds at the chosen rate (best and
@@ -405,18 +395,13 @@ def summarize(cells: dict, tasks, methods, grid=GRID, extend=EXTEND,
                 final = [runs[s]["final"]["score"] for s in sorted(runs)]
                 m.update(best=mean_sd(best), final=mean_sd(final),
                          best_epoch=[runs[s]["best"]["epoch"] for s in sorted(runs)],
-                         cpu_s_to_best=statistics.median(runs[s]["best"]["cpu_s"]
-                                                         for s in runs),
                          cost=runs[min(runs)]["cost"], by_seed={s: runs[s]["best"]["score"]
                                                                 for s in sorted(runs)})
                 if (task, method) in idle:
                     i = idle[(task, method)]
-                    m["idle"] = {"examples_per_s": i["examples_per_s"], "step_ms": i["step_ms"],
-                                 "batches": i["batches"],
-                                 "mean_padded_length": i["mean_padded_length"],
-                                 "s_to_best": statistics.median(
-                                     runs[s]["best"]["step"] for s in runs) * i["step_ms"] / 1e3,
-                                 "machine": i["machine"], "time": i["time"]}
+                    steps_to_best = statistics.median(runs[s]["best"]["step"] for s in runs)
+                    m["idle"] = {**{k: i[k] for k in IDLE_FIELDS},
+                                 "s_to_best": steps_to_best * i["step_ms"] / 1e3}
             entry["methods"][method] = m
         ms = entry["methods"]
         entry["differences"] = {f"{a} - {b}": d for a, b in contrasts(methods)
@@ -478,16 +463,19 @@ def markdown(summary: dict, methods) -> str:
                 f"{c['trainable_params']:,} ({c['trainable_params_without_head']:,}) | "
                 f"{c['optimizer_state_bytes'] / 1e6:.1f} MB | "
                 f"{c['step_memory_bytes'] / 1e9:.2f} GB | {speed} |")
-    where = sorted({f"{cpu_label(i['machine'])}, {i['time'][:10]}" for i in timed})
-    first = "/".join(sorted({str(i["batches"]) for i in timed})) or "the"
+    if timed:
+        where = "; ".join(sorted({f"{cpu_label(i['machine'])}, {i['time'][:10]}"
+                                  for i in timed}))
+        first = "/".join(sorted({str(i["batches"]) for i in timed}))
+        speed = (f"the method's train step over the first {first} batches of its first epoch "
+                 "(the task's mix of lengths), measured idle with the methods interleaved "
+                 f"(`python benchmarks/fair.py costs`; {where}); seconds to the best epoch are "
+                 "its steps (median over seeds) at that speed")
+    else:
+        speed = "not measured yet (`python benchmarks/fair.py costs`)"
     lines += ["", "Step memory: XLA's accounting of the compiled train step at the task's longest "
-              f"bucket. Speed: the method's train step over the first {first} batches of its "
-              "first epoch (the task's mix of lengths), measured idle with the methods "
-              "interleaved (`python benchmarks/fair.py costs`; "
-              + ("; ".join(where) if where else "not yet run") + "); seconds to the best epoch "
-              "are its steps (median over seeds) at that speed. The cells' own timings are not "
-              "used: they ran two at a time on 2 cores, paused whenever a benchmark ran."
-              + same_step_noise(summary)]
+              f"bucket. Speed: {speed}. The cells' own timings are not used: they ran two at a "
+              "time on 2 cores, paused whenever a benchmark ran." + same_step_noise(summary)]
     lines += ["", "| task | difference | per seed (mean) | 95 % interval | within seed noise? |",
               "|---|---|---|---|---|"]
     for task, entry in summary.items():

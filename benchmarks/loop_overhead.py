@@ -21,30 +21,17 @@ import time
 from pathlib import Path
 
 import jax
-from common import RESULTS, emit, header
+from common import RESULTS, emit, header, placed_epoch, steps
 
 from lora_jax import TrainConfig, fit, load_pretrained
-from lora_jax.parallel import shard_batch
-from lora_jax.run import _set_up
 
 
 def bare(cfg: TrainConfig, pre, data_dir) -> float:
     """Examples/s of the jitted step alone over an epoch's batches, placed beforehand, each
     shape compiled by a first pass over them."""
-    with tempfile.TemporaryDirectory() as tmp:
-        run = _set_up(cfg, Path(tmp), data_dir=data_dir, pretrained=pre, resume=False,
-                      overwrite=False, mesh=None, log_every=1)
-    batches = list(run.train_batches.epoch(1))
-    placed = [shard_batch({k: v for k, v in b.items() if k != "index"}, run.mesh)
-              for b in batches]
-    state = run.state
-    for p in placed:  # the first epoch: every shape compiles
-        state, m = run.train_step(state, p)
-    jax.block_until_ready(m)
+    run, batches, placed, state = placed_epoch(cfg, pre, data_dir)
     t0 = time.perf_counter()
-    for p in placed:
-        state, m = run.train_step(state, p)
-    jax.block_until_ready((state, m))
+    steps(run, state, placed)
     return sum(float(b["weight"].sum()) for b in batches) / (time.perf_counter() - t0)
 
 

@@ -410,13 +410,12 @@ class RunResult:
                     "mean_step_length": float("nan"), "stalled_windows": 0}
         per_token = [x["seconds"] / x["tokens"] for x in w]
         limit = STALLED * float(np.median(per_token))
-        kept = [x for x in w if x["seconds"] / x["tokens"] <= limit]
+        kept = [x for x, t in zip(w, per_token, strict=True) if t <= limit]
         return {"median_step_ms": float(np.median([1000 * x["seconds"] / x["steps"] for x in w])),
                 "examples_per_s": sum(x["examples"] for x in kept) / sum(x["seconds"]
                                                                          for x in kept),
                 "mean_step_length": sum(x["tokens"] for x in w) / sum(x["rows"] for x in w),
                 "stalled_windows": len(w) - len(kept)}
-
 
 
 RUN_FILES = ("config.json", "metrics.jsonl", "state.safetensors", "adapter.safetensors",
