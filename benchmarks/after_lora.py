@@ -21,7 +21,7 @@ import argparse
 import statistics
 
 import jax
-from common import RESULTS, block, emit, header, no_dropout, synthetic_batch, timed
+from common import RESULTS, block, described, emit, header, no_dropout, synthetic_batch, timed
 from fair import VARIANTS
 
 from lora_jax import SequenceClassifier, load_pretrained, merge, perturb, predict
@@ -110,7 +110,7 @@ def latency(pre, batches, seq: int, rounds: int, reps: int) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=described(__doc__))
     p.add_argument("--batch", type=int, default=32, help="train batch size (default 32)")
     p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
     p.add_argument("--latency-batches", default="1,32")

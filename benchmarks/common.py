@@ -45,6 +45,12 @@ def synthetic_batch(batch: int, seq: int, seed: int = 0) -> dict:
     }
 
 
+def described(doc: str) -> str:
+    """A script's ``--help`` description: its docstring's first paragraph, on one line (the
+    first line alone often stops mid-sentence)."""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
 def no_dropout(cfg):
     return cfg.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 

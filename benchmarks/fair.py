@@ -49,7 +49,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import RESULTS, placed_epoch, steps
+from common import RESULTS, described, placed_epoch, steps
 
 from lora_jax.compare import cpu_label, machine_info, measure
 from lora_jax.config import TrainConfig
@@ -497,8 +497,9 @@ def markdown(summary: dict, methods) -> str:
                   + answer["overall"], ""] + [f"- {line}" for line in answer["tasks"].values()]
     return "\n".join(lines) + (
         "\n\nDev scores x100 (the task's main metric), all-MiniLM-L6-v2, batch 32, LoRA r = 8 "
-        "on query,value (alpha 16); the rate is chosen on seed 0 by best-epoch score; CPU "
-        "seconds are the process's (all threads) to the best epoch, median over seeds.\n")
+        "on query,value (alpha 16); the rate is chosen on seed 0 by best-epoch score. The "
+        "learning-curve figures plot the score against each cell's own CPU seconds (all "
+        "threads; a paused cell counts none), median over seeds.\n")
 
 
 def plot(cells: dict, summary: dict, path: Path) -> None:
@@ -724,7 +725,7 @@ def demo_note(demo: dict, record: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=described(__doc__))
     p.add_argument("action", choices=("run", "report", "costs", "note"),
                    help="costs: time each (task, method) idle, for the report's speed columns; "
                         "note: set a compare.json (--compare) beside this study's results")

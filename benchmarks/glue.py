@@ -17,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from common import RESULTS, header
+from common import RESULTS, described, header
 
 from lora_jax.compare import compare
 from lora_jax.config import TrainConfig
@@ -108,7 +108,7 @@ def plot(cells: dict, methods: list[str], path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=described(__doc__))
     p.add_argument("--tasks", default="rte,mrpc,stsb,cola,sst2")
     p.add_argument("--methods", default="full,lora,bitfit,adapter,head")
     p.add_argument("--seeds", default="0")

@@ -13,13 +13,13 @@ import statistics
 import time
 
 import jax
-from common import block, make_state, peak_rss_mib, synthetic_batch, timed
+from common import block, described, make_state, peak_rss_mib, synthetic_batch, timed
 
 from lora_jax import count_params, load_pretrained, train_step
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=described(__doc__))
     p.add_argument("--mode", choices=["lora", "full", "bitfit", "head", "adapter"],
                    default="lora")
     p.add_argument("--batch", type=int, default=32)

@@ -14,7 +14,7 @@ import argparse
 import statistics
 
 import jax
-from common import LORA, RESULTS, emit, header, no_dropout, synthetic_batch, timed
+from common import LORA, RESULTS, described, emit, header, no_dropout, synthetic_batch, timed
 
 from lora_jax import SequenceClassifier, load_pretrained, merge, perturb, predict
 from lora_jax.train import init_variables
@@ -41,7 +41,7 @@ def variants(pre, adapter_size: int = 64) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=described(__doc__))
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--seqs", default="32,128")
     p.add_argument("--rounds", type=int, default=5)

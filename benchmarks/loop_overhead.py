@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import jax
-from common import RESULTS, emit, header, placed_epoch, steps
+from common import RESULTS, described, emit, header, placed_epoch, steps
 
 from lora_jax import TrainConfig, fit, load_pretrained
 
@@ -44,7 +44,7 @@ def loop(cfg: TrainConfig, pre, data_dir, log_every: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=described(__doc__))
     p.add_argument("--model", default="minilm")
     p.add_argument("--task", default="sst2")
     p.add_argument("--method", default="lora")

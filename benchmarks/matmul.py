@@ -31,7 +31,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import RESULTS, emit, header, timed
+from common import RESULTS, described, emit, header, timed
 
 SHAPES = ((1, 2048, 2048, 2048), (1, 2048, 384, 1536), (1, 2048, 1536, 384),
           (1, 2048, 384, 384), (1, 2048, 384, 8), (384, 64, 32, 64), (384, 64, 64, 32))
@@ -71,7 +71,7 @@ def gflops(fn, flops: int, reps: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=described(__doc__))
     p.add_argument("--peer-python", help="python of the peer's environment (adds PyTorch)")
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args()

@@ -6,7 +6,7 @@ weights live (the shard shape of one kernel) and the bytes of frozen weights per
     python benchmarks/mesh.py --steps 5      # writes results/mesh.jsonl
 
 Eight host "devices" share this machine's cores, so the step times it prints say nothing about
-real multi-device speed. On a GPU or TPU host, run without --simulate to use the real devices.
+real multi-device speed. On a GPU or TPU host, add --real-devices to use its devices instead.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ if "--real-devices" not in sys.argv:  # must happen before jax starts
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from common import RESULTS, emit, header, make_state, synthetic_batch  # noqa: E402
+from common import RESULTS, described, emit, header, make_state, synthetic_batch  # noqa: E402
 
 from lora_jax import load_pretrained  # noqa: E402
 from lora_jax.parallel import jit_on_mesh, make_mesh, shard_batch, shard_state  # noqa: E402
@@ -38,7 +38,7 @@ def frozen_bytes_per_device(state) -> int:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=described(__doc__))
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--method", default="lora", choices=["lora", "full"])
     p.add_argument("--meshes", default="data=1;data=8;data=4,model=2")

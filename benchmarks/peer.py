@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import RESULTS, emit, header
+from common import RESULTS, described, emit, header
 
 from lora_jax.compare import usable_cores
 
@@ -28,7 +28,7 @@ BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=described(__doc__))
     p.add_argument("--peer-python", required=True, help="python of the peer's environment")
     p.add_argument("--bench-dir", default=str(BENCH), help="the peer benchmark's folder")
     p.add_argument("--seqs", default="32,64")

@@ -34,6 +34,7 @@ import jax
 from common import (
     RESULTS,
     block,
+    described,
     emit,
     header,
     make_state,
@@ -160,7 +161,7 @@ def trace_ops(fn, steps: int) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=described(__doc__))
     p.add_argument("--mode", choices=["lora", "full"], default="lora")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=64)

@@ -22,7 +22,7 @@ import statistics
 
 import jax
 import jax.numpy as jnp
-from common import RESULTS, block, emit, header, no_dropout, synthetic_batch, timed
+from common import RESULTS, block, described, emit, header, no_dropout, synthetic_batch, timed
 
 from lora_jax import LoRAConfig, SequenceClassifier, TrainConfig, load_pretrained
 from lora_jax.compare import step_memory
@@ -89,7 +89,7 @@ def states(names, batch):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=described(__doc__))
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--rounds", type=int, default=5)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from common import (
     RESULTS,
     block,
+    described,
     emit,
     header,
     make_state,
@@ -51,7 +52,7 @@ def model_for(name: str):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=described(__doc__))
     p.add_argument("--methods", default="full,lora,bitfit,head,adapter")
     p.add_argument("--seqs", default="32,64,128")
     p.add_argument("--batch", type=int, default=32)

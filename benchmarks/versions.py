@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, emit, header
+from common import RESULTS, described, emit, header
 from peer import BENCH
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def git(*args: str) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=described(__doc__))
     p.add_argument("--base", required=True, help="the commit before the change")
     p.add_argument("--new", default="HEAD", help="the commit with the change")
     p.add_argument("--seqs", default="32,64")

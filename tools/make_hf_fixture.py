@@ -97,7 +97,7 @@ def read(merged: dict[str, str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--peer-python", help="python of an environment with torch + transformers")
     p.add_argument("--read", help="(internal) JSON {task: merged dir}: read them, print JSON")
     args = p.parse_args(argv)
