@@ -110,12 +110,17 @@ def peer_table() -> str:
             f"| {cpu(r)} | {r['config']['seq']} | {m['peft_lora']:.0f} | {m['jax_lora']:.0f} | "
             f"{r['jax_over_peft_lora']:.2f} | {m['peft_full']:.0f} | {m['jax_full']:.0f} | "
             f"{r['jax_over_peft_full']:.2f} | {r['lora_over_full_jax']:.2f} | "
-            f"{r['lora_over_full_peft']:.2f} | {r['time'][:10]} |")
+            f"{r['lora_over_full_peft']:.2f} | {r['time'][:10]}, "
+            f"{r['config']['rounds']} rounds |")
+    # each row names its CPU, date and rounds: one machine line would speak for one row only
+    versions = sorted({f"jax {r['machine']['jax']}, flax {r['machine']['flax']}, "
+                       f"optax {r['machine']['optax']}" for r in rows})
+    steps = sorted({r["config"]["steps"] for r in rows})
     note = (f"\nBatch 32, MiniLM, PEFT eager (torch CPU), each configuration in its own process, "
-            f"alternating in {rows[0]['config']['rounds']} rounds of "
-            f"{rows[0]['config']['steps']} timed steps; ratios are medians of per-round ratios; "
-            "the latest run on each CPU.")
-    return "\n".join(lines) + "\n" + note + machine_line(rows[-1])
+            f"alternating in rounds of {' or '.join(map(str, steps))} timed steps; ratios are "
+            "medians of per-round ratios; the latest run on each CPU; "
+            f"{'; '.join(versions)}.\n")
+    return "\n".join(lines) + "\n" + note
 
 
 def main() -> None:

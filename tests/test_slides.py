@@ -136,3 +136,48 @@ def test_speed_tables_keep_one_row_set_per_cpu(build):
     latest = build._latest([dict(epyc, n=1), dict(xeon, n=2), dict(epyc, n=3)], build._cpu)
     assert {k: r["n"] for k, r in latest.items()} == {"AMD EPYC (AVX-512)": 3,
                                                        "Intel Xeon (AVX-512)": 2}
+
+
+def _tables(monkeypatch, results=None):
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("tables", None)
+    import tables
+
+    if results is not None:
+        monkeypatch.setattr(tables, "RESULTS", results)
+    return tables
+
+
+def test_committed_speed_tables_are_what_their_records_render(monkeypatch):
+    """results/{train_step,latency,peer}.md (the README's and the deck's source) are exactly
+    what benchmarks/tables.py renders from the committed JSON lines."""
+    tables = _tables(monkeypatch)
+    for name, render in (("train_step.md", tables.train_step_table),
+                         ("latency.md", tables.latency_table), ("peer.md", tables.peer_table)):
+        assert (ROOT / "results" / name).read_text(encoding="utf-8") == render(), \
+            f"results/{name} is out of date: run python benchmarks/tables.py"
+
+
+def test_peer_rows_name_their_own_rounds_and_date(monkeypatch, tmp_path):
+    """Runs on two CPUs with 2 and 3 rounds: each row says its own, and the caption speaks for
+    no single machine (it once printed the first row's rounds and the last row's CPU)."""
+    import json
+
+    def record(cpu, rounds, seq, day):
+        return {"benchmark": "peer", "time": f"2026-12-0{day}T10:00:00",
+                "config": {"batch": 32, "rounds": rounds, "seq": seq, "steps": 20},
+                "machine": {"backend": "cpu", "cores": 2, "cpu": cpu, "isa": "AVX-512",
+                            "jax": "0.10.2", "flax": "0.12.8", "optax": "0.2.8"},
+                "median_step_ms": {"peft_lora": 300, "jax_lora": 210, "peft_full": 500,
+                                   "jax_full": 350},
+                "jax_over_peft_lora": 0.7, "jax_over_peft_full": 0.7,
+                "lora_over_full_jax": 0.6, "lora_over_full_peft": 0.6}
+
+    rows = [record("AMD EPYC", 3, 32, 2), record("Intel(R) Xeon(R) Processor", 2, 32, 1)]
+    (tmp_path / "peer.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = _tables(monkeypatch, tmp_path).peer_table()
+    assert "| AMD EPYC (AVX-512) | 32 |" in table and "2026-12-02, 3 rounds |" in table
+    assert "| Intel Xeon (AVX-512) | 32 |" in table and "2026-12-01, 2 rounds |" in table
+    assert "Measured" not in table and "jax 0.10.2, flax 0.12.8, optax 0.2.8" in table
