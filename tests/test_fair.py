@@ -283,3 +283,26 @@ def test_every_result_records_the_cpus_vector_isa(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX2 --xla_cpu_enable_fast_math=false")
     info = machine_info()
     assert info["isa"] in ("AVX-512", "AVX2", "other") and info["xla_max_isa"] == "AVX2"
+
+
+def test_a_choice_beyond_the_grid_is_marked_as_an_edge():
+    """The step beyond the grid that beats the grid is the lowest rate tried: the table marks
+    it, since the best rate may lie further out; a choice inside the range is not marked."""
+    def cell(score):
+        return {"best": {"score": score, "epoch": 3, "step": 30}, "final": {"score": score},
+                "cost": {"trainable_params": 10, "trainable_params_without_head": 8,
+                         "optimizer_state_bytes": 80, "step_memory_bytes": 10**9}}
+
+    grid, ext = (1e-4, 3e-4, 1e-3), (3e-5, 3e-3)
+    cells = {("rte", "lora", lr, 0): cell(s) for lr, s in
+             ((1e-4, 0.60), (3e-4, 0.58), (1e-3, 0.55), (3e-5, 0.62))}
+    cells.update({("rte", "full", lr, 0): cell(s) for lr, s in
+                  ((1e-4, 0.50), (3e-4, 0.58), (1e-3, 0.55))})
+    grids, exts = {"lora": grid, "full": grid}, {"lora": ext, "full": ext}
+    summary = fair.summarize(cells, ["rte"], ["lora", "full"], grids, exts)
+    assert summary["rte"]["methods"]["lora"]["edge"] is True
+    assert summary["rte"]["methods"]["full"]["edge"] is False
+    md = fair.markdown(summary, ["lora", "full"])
+    assert "| rte | lora | 3e-05: 62.0, 0.0001: 60.0, 0.0003: 58.0, 0.001: 55.0 | 3e-05 (edge) |" \
+        in md
+    assert "| 0.0003 (edge)" not in md and "further out (rte lora)" in md
