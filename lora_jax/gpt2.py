@@ -33,6 +33,7 @@ import numpy as np
 
 from lora_jax.lora import FUSED_PARTS, LoRAConfig, LoRADense
 from lora_jax.model_dir import CheckpointError, read_json, read_weights
+from lora_jax.models import softmax
 from lora_jax.optim import apply_trainable, trainable_labels
 from lora_jax.pretrained import fingerprint
 from lora_jax.trees import flatten, unflatten
@@ -131,7 +132,7 @@ class Attention(nn.Module):
         # causal: query i (position length + i) sees keys at positions <= length + i
         seen = jnp.arange(k.shape[1])[None, :] <= length + jnp.arange(t)[:, None]  # (T, T_k)
         scores = jnp.where(seen, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)  # (B, H, T, T_k)
+        probs = softmax(scores).astype(x.dtype)  # (B, H, T, T_k)
         probs = nn.Dropout(cfg.attn_pdrop)(probs, deterministic=deterministic)
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, d)  # (B, T, D)
         y = LoRADense(d, "attn_proj", self.lora, name="c_proj")(ctx, deterministic)
