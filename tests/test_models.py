@@ -9,7 +9,7 @@ import pytest
 from conftest import init_model
 
 from lora_jax import ModelConfig, SequenceClassifier
-from lora_jax.models import Encoder, gelu
+from lora_jax.models import Encoder, gelu, softmax
 from lora_jax.trees import flatten
 
 
@@ -85,6 +85,29 @@ def test_classifier_and_regressor_output_shapes(tiny_cfg):
     v = model.init(jax.random.key(0), ids)
     assert set(v["params"]["classifier"]) == {"dense", "out_proj"}
     assert model.apply(v, ids).shape == (3, 2)
+
+
+def test_softmax_is_jax_softmax_with_the_output_only_derivative():
+    """Attention's softmax gives ``jax.nn.softmax``'s values bit for bit (masked keys included)
+    and, in both modes of differentiation, the derivative ``y * (g - sum(y * g))``: within
+    float rounding of float64 and of the default ``jax.nn.softmax``'s gradient (which goes
+    through its division); a masked key gets probability and gradient exactly 0."""
+    kx, kg = jax.random.split(jax.random.PRNGKey(0))
+    x = 4 * jax.random.normal(kx, (3, 4, 8, 8))
+    x = x.at[0, :, :, -3:].set(-1e9)  # the encoder's mask bias on three padded keys
+    g = jax.random.normal(kg, x.shape)
+    y = softmax(x)
+    assert (np.asarray(y) == np.asarray(jax.nn.softmax(x, axis=-1))).all()
+    y64, g64 = np.asarray(y, np.float64), np.asarray(g, np.float64)
+    expected = y64 * (g64 - (y64 * g64).sum(-1, keepdims=True))
+    (reverse,) = jax.vjp(softmax, x)[1](g)
+    _, forward = jax.jvp(softmax, (x,), (g,))
+    np.testing.assert_allclose(np.asarray(reverse), expected, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(forward), expected, atol=1e-6)
+    (default,) = jax.vjp(lambda z: jax.nn.softmax(z, axis=-1), x)[1](g)
+    np.testing.assert_allclose(np.asarray(reverse), np.asarray(default), atol=1e-5)
+    assert (np.asarray(y)[0, :, :, -3:] == 0).all()
+    assert (np.asarray(reverse)[0, :, :, -3:] == 0).all()
 
 
 def test_gelu_is_the_exact_gelu_of_the_reference_code():
