@@ -216,8 +216,7 @@ class SelfAttention(nn.Module):
             return y.reshape(b, t, h, hd)  # (B, T, H, Dh)
 
         q, k, v = proj("query"), proj("key"), proj("value")
-        # the scale on q (B, T, H, Dh), not on the (B, H, T, T) scores
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(1 / math.sqrt(hd), x.dtype), k)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(hd).astype(x.dtype)  # (B,H,T,T)
         scores = scores + mask_bias  # mask_bias: (B, 1, 1, T), 0 or a large negative number
         probs = softmax(scores.astype(jnp.float32)).astype(x.dtype)
         probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
