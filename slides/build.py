@@ -152,8 +152,8 @@ def profile() -> str:
     rows = _latest(_jsonl("profile.jsonl", "profile"),
                    lambda r: (_cpu(r), r["config"]["mode"], r["config"]["seq"]))
     lines = ["| CPU | step | wall ms | dots | batched dots (attention) | elementwise | dot GFLOP "
-             "| step GFLOP/s (of peak) | largest non-dot places (share of busy time) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| step GFLOP/s (of peak) | largest non-dot places (share of busy time) | measured |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (where, mode, seq), r in sorted(rows.items(), key=lambda kv: (kv[1]["time"][:10],
                                                                       kv[0])):
         g = r["group_share"]
@@ -166,13 +166,14 @@ def profile() -> str:
             f"{100 * g.get('batched dot', 0):.0f} % | {100 * g.get('elementwise', 0):.0f} % | "
             f"{r['dot_gflop_per_step']:.0f} | {r['step_gflop_s']:.0f} "
             f"({100 * r['step_gflop_s'] / r['matmul_peak_gflop_s']:.0f} % of "
-            f"{r['matmul_peak_gflop_s']:.0f}) | {places} |")
+            f"{r['matmul_peak_gflop_s']:.0f}) | {places} | {r['time'][:10]} |")
     last = max(rows.values(), key=lambda r: r["time"])
     return "\n".join(lines) + (
         "\n\n*Shares of XLA's busy time per step (`jax.profiler` trace, batch 32, dropout off; "
         "`python benchmarks/profile_step.py --mode lora --seq 64`); step GFLOP/s: the dots' "
-        "FLOPs over the wall-clock step, against the same run's 2048^3 matmul; the latest run "
-        f"per CPU; {_cores_jax(last)}.*")
+        "FLOPs over the wall-clock step, against the same run's 2048^3 matmul (a VM's speed varies "
+        "between days: compare shares and fractions of peak, not milliseconds across dates); the "
+        f"latest run per CPU; {_cores_jax(last)}.*")
 
 
 def _shapes(r: dict) -> list[str]:
