@@ -391,8 +391,9 @@ def summarize(cells: dict, tasks, methods, grid=GRID, extend=EXTEND,
                     if lr is not None else {})
             # the step beyond the grid won too: the protocol takes one step only, so the
             # optimum may lie further out, and the table says so
-            m = {"grid": grid_scores, "lr": lr, "seeds": sorted(runs),
-                 "edge": lr is not None and lr in (ext or ())}
+            edge = lr is not None and lr in (ext or ())
+            m = {"grid": grid_scores, "lr": lr, "seeds": sorted(runs), "edge": edge,
+                 "rate": None if lr is None else f"{lr:g}" + (" (edge)" if edge else "")}
             if runs:
                 best = [runs[s]["best"]["score"] for s in sorted(runs)]
                 final = [runs[s]["final"]["score"] for s in sorted(runs)]
@@ -413,6 +414,19 @@ def summarize(cells: dict, tasks, methods, grid=GRID, extend=EXTEND,
             entry["lora_minus_full"] = entry["differences"]["lora - full"]
         out[task] = entry
     return out
+
+
+def edge_note(summary: dict) -> str:
+    """The footnote every table of the study prints under an "(edge)" rate (fair.md, the
+    README and deck, notebooks 06 and 09 read it from fair.json), or "" when there is none."""
+    edges = [f"{get_task(task).folder} {NAMES.get(method, method)}"
+             for task, entry in summary.items()
+             for method, m in entry["methods"].items() if m.get("edge")]
+    if not edges:
+        return ""
+    return ("(edge): the chosen rate is the one step beyond the grid, and it beat the grid; the "
+            "protocol takes one such step only, so the best rate may lie further out "
+            f"({', '.join(edges)}).")
 
 
 def _mean_sd(pair) -> str:
@@ -446,7 +460,7 @@ def markdown(summary: dict, methods) -> str:
              "| best (mean ± sd) | final (mean ± sd) | best epochs | trainable (w/o head) "
              "| optimizer state | step memory | examples/s (idle) | s to best epoch (idle) |",
              "|" + "---|" * 13]
-    timed, edges = [], []
+    timed = []
     for task, entry in summary.items():
         for method in methods:
             m = entry["methods"].get(method, {})
@@ -459,9 +473,8 @@ def markdown(summary: dict, methods) -> str:
             speed = (f"{i['examples_per_s']:.0f} | {i['s_to_best']:.0f}" if i
                      else "not measured | -")
             timed += [i] if i else []
-            edges += [f"{task} {method}"] if m["edge"] else []
             lines.append(
-                f"| {task} | {method} | {grid} | {m['lr']:g}{' (edge)' if m['edge'] else ''} "
+                f"| {task} | {method} | {grid} | {m['rate']} "
                 f"| {len(m['seeds'])} | "
                 f"{_mean_sd(m['best'])} | {_mean_sd(m['final'])} | "
                 f"{', '.join(map(str, m['best_epoch']))} | "
@@ -481,10 +494,8 @@ def markdown(summary: dict, methods) -> str:
     lines += ["", "Step memory: XLA's accounting of the compiled train step at the task's longest "
               f"bucket. Speed: {speed}. The cells' own timings are not used: they ran two at a "
               "time on 2 cores, paused whenever a benchmark ran." + same_step_noise(summary)]
-    if edges:
-        lines += ["", f"*(edge)*: the chosen rate is the step beyond the grid, and it beat the "
-                  "grid; the protocol takes one such step only, so the best rate may lie further "
-                  f"out ({', '.join(edges)})."]
+    if note := edge_note(summary):
+        lines += ["", note]
     lines += ["", "| task | difference | per seed (mean) | 95 % interval | within seed noise? |",
               "|---|---|---|---|---|"]
     for task, entry in summary.items():
@@ -689,7 +700,7 @@ def report(tasks, methods, *, root: Path, out: Path, grid=GRID, extend=EXTEND,
               "commits": sorted({c["commit"] for c in cells.values()}),
               "machine": next(iter(cells.values()))["machine"] if cells else None,
               "time": max((c["time"] for c in cells.values()), default=None),
-              "answer": verdict(summary), "tasks": summary}
+              "answer": verdict(summary), "edge_note": edge_note(summary), "tasks": summary}
     text = json.dumps(_no_nan(record), indent=1, allow_nan=False) + "\n"  # strict JSON
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "fair.json", lambda tmp: Path(tmp).write_text(text))

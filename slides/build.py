@@ -295,12 +295,12 @@ def fair() -> str:
     from lora_jax.data import get_task
 
     f = _fair()
-    lines = ["| task | LoRA (lr) | full (lr) | seeds | LoRA − full | 95 % interval |",
+    lines = ["| task | LoRA at lr | full at lr | seeds | LoRA − full | 95 % interval |",
              "|---|---|---|---|---|---|"]
     for task, e in f["tasks"].items():
         lora, full = e["methods"]["lora"], e["methods"]["full"]
         d = e.get("differences", {}).get("lora - full")
-        rate = lambda m: f" ({m['lr']:g})" if m.get("best") else ""  # noqa: E731
+        rate = lambda m: f" at {m['rate']}" if m.get("best") else ""  # noqa: E731
         seeds = f"{len(lora['seeds'])} + {len(full['seeds'])}" if d else "-"
         gap = f"{100 * d['mean']:+.1f}" if d else "not measured yet"
         interval = (f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
@@ -314,7 +314,7 @@ def fair() -> str:
         f"chosen per task and method on seed 0 from LoRA {_rates(p['grid']['lora'])} / full "
         f"{_rates(p['grid']['full'])} (one step further at an edge), "
         f"{' or '.join(map(str, epochs))} epochs; `python benchmarks/fair.py report`; "
-        f"{_machine(f)}.*")
+        f"{_machine(f)}.*") + (f"\n\n*{f['edge_note']}*" if f.get("edge_note") else "")
 
 
 def fair_answer() -> str:

@@ -305,4 +305,9 @@ def test_a_choice_beyond_the_grid_is_marked_as_an_edge():
     md = fair.markdown(summary, ["lora", "full"])
     assert "| rte | lora | 3e-05: 62.0, 0.0001: 60.0, 0.0003: 58.0, 0.001: 55.0 | 3e-05 (edge) |" \
         in md
-    assert "| 0.0003 (edge)" not in md and "further out (rte lora)" in md
+    assert "| 0.0003 (edge)" not in md and "further out (RTE LoRA)." in md
+    assert (summary["rte"]["methods"]["lora"]["rate"], summary["rte"]["methods"]["full"]["rate"]
+            ) == ("3e-05 (edge)", "0.0003")
+    assert fair.edge_note(summary) in md  # the one footnote, word for word
+    inside = {k: v for k, v in cells.items() if k[1] == "full"}
+    assert fair.edge_note(fair.summarize(inside, ["rte"], ["full"], grids, exts)) == ""
