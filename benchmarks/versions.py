@@ -73,7 +73,7 @@ def main() -> None:
                                                 "rounds": args.rounds, "steps": args.steps}),
                           "base": shas["base"][:7], "new": shas["new"][:7],
                           "new_env": args.new_env,
-                          "subject": git("log", "-1", "--format=%s", shas["new"])[:120]
+                          "subject": git("log", "-1", "--format=%s", shas["new"])
                           if shas["new"] != shas["base"] else "",
                           "step_ms": runs, "new_over_base": statistics.median(ratios),
                           "round_ratios": [round(r, 3) for r in ratios]}, args.out)
