@@ -51,7 +51,7 @@ from pathlib import Path
 
 from common import RESULTS, described, placed_epoch, steps
 
-from lora_jax.compare import cpu_label, machine_info, measure
+from lora_jax.compare import cpu_label, latest, machine_info, measure, read_records
 from lora_jax.config import TrainConfig
 from lora_jax.data import get_task
 from lora_jax.files import atomic_write
@@ -328,8 +328,8 @@ def costs(tasks, methods, *, root: Path, out: Path = COSTS, data_dir=None, batch
 
 def load_costs(path: Path = COSTS) -> dict[tuple[str, str], dict]:
     """The latest idle cost per (task, variant)."""
-    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
-    return {(r["task"], r["variant"]): r for r in sorted(rows, key=lambda r: r["time"])}
+    rows = sorted(read_records(path, "fair_costs", missing_ok=True), key=lambda r: r["time"])
+    return latest(rows, lambda r: (r["task"], r["variant"]))
 
 
 # --- the report ---------------------------------------------------------------------------------

@@ -6,27 +6,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from common import RESULTS
 
-from lora_jax.compare import cores_label, cpu_label, human_bytes
+from lora_jax.compare import cores_label, cpu_label, human_bytes, latest, read_records
 from lora_jax.files import atomic_write
 
 
 def records(name: str, kind: str) -> list[dict]:
-    path = RESULTS / name
-    if not path.is_file():
-        return []
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r["benchmark"] == kind]
-
-
-def latest(rows: list[dict], key) -> list[dict]:
-    out: dict = {}
-    for r in rows:
-        out[key(r)] = r
-    return list(out.values())
+    return read_records(RESULTS / name, kind, missing_ok=True)
 
 
 def machine_line(r: dict) -> str:
@@ -49,8 +38,9 @@ def default_model(r: dict) -> bool:
 
 def train_step_table() -> str:
     peak = records("train_step.jsonl", "matmul_peak")
-    rows = latest([r for r in records("train_step.jsonl", "train_step") if default_model(r)],
-                  lambda r: (r["config"]["seq"], r["config"]["method"]))
+    rows = list(latest([r for r in records("train_step.jsonl", "train_step")
+                        if default_model(r)],
+                       lambda r: (r["config"]["seq"], r["config"]["method"])).values())
     if not rows:
         return ""
     rows.sort(key=lambda r: (r["config"]["seq"], r["config"]["method"]))
@@ -75,8 +65,8 @@ def train_step_table() -> str:
 
 
 def latency_table() -> str:
-    rows = latest(records("latency.jsonl", "latency"),
-                  lambda r: (r["config"]["batch"], r["config"]["seq"], r["config"]["variant"]))
+    rows = list(latest(records("latency.jsonl", "latency"), lambda r: (
+        r["config"]["batch"], r["config"]["seq"], r["config"]["variant"])).values())
     if not rows:
         return ""
     variants = ["base", "lora_merged", "lora_unmerged", "adapter"]
@@ -97,8 +87,8 @@ def latency_table() -> str:
 
 
 def peer_table() -> str:
-    rows = latest([r for r in records("peer.jsonl", "peer") if r["machine"].get("isa")],
-                  lambda r: (cpu(r), r["config"]["seq"]))  # the ISA is recorded since 2026-12-01
+    rows = list(latest([r for r in records("peer.jsonl", "peer") if r["machine"].get("isa")],
+                       lambda r: (cpu(r), r["config"]["seq"])).values())  # ISA: since 12-01
     if not rows:
         return ""
     lines = ["| CPU | T | PEFT LoRA ms | lora_jax LoRA ms | ours / PEFT | PEFT full ms | "

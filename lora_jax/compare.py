@@ -116,6 +116,23 @@ def machine_info() -> dict:
             "python": platform.python_version()}
 
 
+def read_records(path: str | os.PathLike, kind: str | None = None, *,
+                 missing_ok: bool = False) -> list[dict]:
+    """The records of a benchmark's JSON-lines file in the order they were appended (blank
+    lines skipped), only those whose ``benchmark`` is ``kind`` when it is given."""
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return []
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [r for r in rows if kind is None or r["benchmark"] == kind]
+
+
+def latest(rows: list[dict], key) -> dict:
+    """The last of ``rows`` for each ``key(row)``: a configuration measured again replaces its
+    earlier row in a table."""
+    return {key(r): r for r in rows}
+
+
 COMPARE_KIND = "comparison"  # the manifest kind of a compare directory
 OUTPUTS = ["compare.json", "compare.md", "compare.png"]
 

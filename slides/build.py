@@ -19,6 +19,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from lora_jax.compare import cpu_label, latest, read_records
+
 ROOT = Path(__file__).resolve().parents[1]
 DECK = ROOT / "slides" / "lora.md"
 README = ROOT / "README.md"
@@ -30,16 +32,7 @@ GPT3 = {"layers": 96, "d_model": 12288, "params": 175e9}  # Brown et al. (2020),
 
 
 def _jsonl(name: str, kind: str) -> list[dict]:
-    path = RESULTS / name
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return [r for r in rows if r["benchmark"] == kind]
-
-
-def _latest(rows: list[dict], key: Callable) -> dict:
-    out: dict = {}
-    for r in rows:
-        out[key(r)] = r
-    return out
+    return read_records(RESULTS / name, kind)
 
 
 def _mb(n: float) -> str:
@@ -86,7 +79,7 @@ def _train_steps() -> tuple[dict, dict]:
     minilm_f32 = [r for r in _jsonl("train_step.jsonl", "train_step")
                   if r["config"].get("model", "minilm") == "minilm"
                   and r["config"].get("dtype", "float32") == "float32"]
-    rows = _latest(minilm_f32, lambda r: (r["config"]["seq"], r["config"]["method"]))
+    rows = latest(minilm_f32, lambda r: (r["config"]["seq"], r["config"]["method"]))
     peak = _jsonl("train_step.jsonl", "matmul_peak")[-1]
     return rows, peak
 
@@ -120,13 +113,11 @@ def cost_facts() -> str:
 
 
 def _cpu(r: dict) -> str:
-    from lora_jax.compare import cpu_label
-
     return cpu_label(r["machine"])
 
 
 def peer() -> str:
-    rows = _latest([r for r in _jsonl("peer.jsonl", "peer") if r["machine"].get("isa")],
+    rows = latest([r for r in _jsonl("peer.jsonl", "peer") if r["machine"].get("isa")],
                    lambda r: (_cpu(r), r["config"]["seq"]))
     lines = ["| CPU | T | LoRA: ours / PEFT | full: ours / PEFT | LoRA / full, ours "
              "| LoRA / full, PEFT |",
@@ -149,7 +140,7 @@ def peer_md() -> str:
 
 def profile() -> str:
     """Where the step's time goes, per mode: the op groups and the largest places."""
-    rows = _latest(_jsonl("profile.jsonl", "profile"),
+    rows = latest(_jsonl("profile.jsonl", "profile"),
                    lambda r: (_cpu(r), r["config"]["mode"], r["config"]["seq"]))
     lines = ["| CPU | step | wall ms | dots | batched dots (attention) | elementwise | dot GFLOP "
              "| step GFLOP/s (of peak) | largest non-dot places (share of busy time) | measured |",
@@ -187,7 +178,7 @@ def _shapes(r: dict) -> list[str]:
 def matmul() -> str:
     """f32 matmul GFLOP/s per library on the step's shapes: the latest run without limits on
     each CPU."""
-    runs = _latest([r for r in _jsonl("matmul.jsonl", "matmul")
+    runs = latest([r for r in _jsonl("matmul.jsonl", "matmul")
                     if not any(r["limits"].get(k) for k in ("XLA_FLAGS", "ATEN_CPU_CAPABILITY"))],
                    _cpu)
     names = {"xla": "XLA (ours)", "torch": "PyTorch", "numpy": "numpy (OpenBLAS)"}
@@ -226,7 +217,7 @@ def speed_changes() -> str:
 
 
 def latency() -> str:
-    rows = _latest(_jsonl("latency.jsonl", "latency"),
+    rows = latest(_jsonl("latency.jsonl", "latency"),
                    lambda r: (r["config"]["batch"], r["config"]["seq"], r["config"]["variant"]))
     shapes = sorted({(b, t) for b, t, _ in rows})
     lines = ["| batch | T | base ms | merged LoRA | unmerged LoRA | adapters |",
@@ -327,8 +318,8 @@ def qlora() -> str:
     """The frozen base in each storage format and LoRA's compiled step on it
     (``benchmarks/qlora.py``), with the paper's 65B arithmetic from its formulas."""
     rows = _jsonl("qlora/costs.jsonl", "qlora")
-    sizes = _latest([r for r in rows if r["kind"] == "bytes"], lambda r: r["format"])
-    steps = _latest([r for r in rows if r["kind"] == "step"], lambda r: r["base"])
+    sizes = latest([r for r in rows if r["kind"] == "bytes"], lambda r: r["format"])
+    steps = latest([r for r in rows if r["kind"] == "step"], lambda r: r["base"])
     paper = [r for r in rows if r["kind"] == "paper_65b"][-1]
     lines = ["| base stored as | dense kernels (bits / weight) | whole base | step: XLA temp "
              "| step: XLA peak | step × float |", "|---|---|---|---|---|---|"]
@@ -358,10 +349,9 @@ def after_lora() -> str:
     against what each changes, under the fair protocol (``results/after_lora/fair.json``)."""
     from lora_jax.data import get_task
 
-    rows = [json.loads(x) for x in (RESULTS / "after_lora" / "costs.jsonl").read_text()
-            .splitlines() if x.strip()]
-    train = _latest([r for r in rows if r["kind"] == "train"], lambda r: r["variant"])
-    infer = _latest([r for r in rows if r["kind"] == "inference"],
+    rows = read_records(RESULTS / "after_lora" / "costs.jsonl")
+    train = latest([r for r in rows if r["kind"] == "train"], lambda r: r["variant"])
+    infer = latest([r for r in rows if r["kind"] == "inference"],
                     lambda r: (r["variant"], r["batch"]))
     batches = sorted({b for _, b in infer})
     f = json.loads((RESULTS / "after_lora" / "fair.json").read_text())

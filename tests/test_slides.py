@@ -133,9 +133,23 @@ def test_speed_tables_keep_one_row_set_per_cpu(build):
     assert cpu_label(dict(pinned, cores=2)) == "Intel Xeon (AVX-512)"
     xeon = {"machine": {"cpu": "Intel(R) Xeon(R) Processor", "isa": "AVX-512"}}
     epyc = {"machine": {"cpu": "AMD EPYC", "isa": "AVX-512"}}
-    latest = build._latest([dict(epyc, n=1), dict(xeon, n=2), dict(epyc, n=3)], build._cpu)
+    latest = build.latest([dict(epyc, n=1), dict(xeon, n=2), dict(epyc, n=3)], build._cpu)
     assert {k: r["n"] for k, r in latest.items()} == {"AMD EPYC (AVX-512)": 3,
                                                        "Intel Xeon (AVX-512)": 2}
+
+
+def test_records_are_read_by_kind_in_the_order_they_were_appended(tmp_path):
+    """One reader for every results file (the deck, benchmarks/tables.py, fair.py's costs)."""
+    from lora_jax.compare import read_records
+
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"benchmark": "a", "n": 1}\n\n{"benchmark": "b", "n": 2}\n'
+                    '{"benchmark": "a", "n": 3}\n')
+    assert [r["n"] for r in read_records(path, "a")] == [1, 3]
+    assert [r["n"] for r in read_records(path)] == [1, 2, 3]
+    assert read_records(tmp_path / "none.jsonl", "a", missing_ok=True) == []
+    with pytest.raises(FileNotFoundError):  # a table's own results file missing is an error
+        read_records(tmp_path / "none.jsonl", "a")
 
 
 def _tables(monkeypatch, results=None):
