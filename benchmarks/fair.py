@@ -692,13 +692,17 @@ def _no_nan(x):
 
 def report(tasks, methods, *, root: Path, out: Path, grid=GRID, extend=EXTEND,
            costs_file: Path = COSTS) -> dict:
-    cells = load_cells(root)
+    # this report's cells only: its commits, CPUs and curves are theirs, not other variants'
+    cells = {k: c for k, c in load_cells(root).items() if k[0] in tasks and k[1] in methods}
     summary = summarize(cells, tasks, methods, grid, extend, load_costs(costs_file))
     record = {"protocol": {"grid": {k: list(v) for k, v in grid.items()},
                            "extend": {k: list(v) for k, v in extend.items()}, "epochs": EPOCHS,
                            "train_limit": TRAIN_LIMIT, "chosen_on": "seed 0, best epoch"},
               "commits": sorted({c["commit"] for c in cells.values()}),
-              "machine": next(iter(cells.values()))["machine"] if cells else None,
+              # the cells ran over several sessions, on whichever VM each had: every CPU named
+              "machines": sorted({cpu_label(c["machine"]) for c in cells.values()}),
+              "machine": max(cells.values(), key=lambda c: c["time"])["machine"] if cells
+              else None,  # the newest cell's (its versions)
               "time": max((c["time"] for c in cells.values()), default=None),
               "answer": verdict(summary), "edge_note": edge_note(summary), "tasks": summary}
     text = json.dumps(_no_nan(record), indent=1, allow_nan=False) + "\n"  # strict JSON

@@ -305,7 +305,8 @@ def fair() -> str:
         f"chosen per task and method on seed 0 from LoRA {_rates(p['grid']['lora'])} / full "
         f"{_rates(p['grid']['full'])} (one step further at an edge), "
         f"{' or '.join(map(str, epochs))} epochs; `python benchmarks/fair.py report`; "
-        f"{_machine(f)}.*") + (f"\n\n*{f['edge_note']}*" if f.get("edge_note") else "")
+        f"cells run on {' and '.join(f['machines'])}, {_cores_jax(f)}, newest "
+        f"{f['time'][:10]}.*") + (f"\n\n*{f['edge_note']}*" if f.get("edge_note") else "")
 
 
 def fair_answer() -> str:

@@ -122,6 +122,10 @@ def test_committed_fair_tables_match_the_committed_cells(report):
     summary = fair.summarize(fair.load_cells(root), tasks, methods, idle=fair.load_costs())
     assert (out / "fair.md").read_text() == fair.markdown(summary, methods)
     assert record["answer"] == fair.verdict(json.loads(json.dumps(fair._no_nan(summary))))
+    cells = {k: c for k, c in fair.load_cells(root).items()  # the report's own cells: every
+             if k[0] in tasks and k[1] in methods}         # CPU they ran on, not the first's
+    assert record["commits"] == sorted({c["commit"] for c in cells.values()})
+    assert record["machines"] == sorted({fair.cpu_label(c["machine"]) for c in cells.values()})
     for figure in ("fair_curves.png", "fair_compare.png"):
         assert (out / "figures" / figure).is_file()
 
