@@ -690,10 +690,15 @@ def _no_nan(x):
     return x
 
 
+def report_cells(root: Path, tasks, methods) -> dict:
+    """The kept cells of ``tasks`` x ``methods``: a report's commits, CPUs and curves are its
+    own cells', not other variants'."""
+    return {k: c for k, c in load_cells(root).items() if k[0] in tasks and k[1] in methods}
+
+
 def report(tasks, methods, *, root: Path, out: Path, grid=GRID, extend=EXTEND,
            costs_file: Path = COSTS) -> dict:
-    # this report's cells only: its commits, CPUs and curves are theirs, not other variants'
-    cells = {k: c for k, c in load_cells(root).items() if k[0] in tasks and k[1] in methods}
+    cells = report_cells(root, tasks, methods)
     summary = summarize(cells, tasks, methods, grid, extend, load_costs(costs_file))
     record = {"protocol": {"grid": {k: list(v) for k, v in grid.items()},
                            "extend": {k: list(v) for k, v in extend.items()}, "epochs": EPOCHS,

@@ -119,11 +119,12 @@ def test_committed_fair_tables_match_the_committed_cells(report):
     record = json.loads((out / "fair.json").read_text())
     tasks = list(record["tasks"])
     methods = list(next(iter(record["tasks"].values()))["methods"])
-    summary = fair.summarize(fair.load_cells(root), tasks, methods, idle=fair.load_costs())
+    cells = fair.report_cells(root, tasks, methods)
+    summary = fair.summarize(cells, tasks, methods, idle=fair.load_costs())
     assert (out / "fair.md").read_text() == fair.markdown(summary, methods)
     assert record["answer"] == fair.verdict(json.loads(json.dumps(fair._no_nan(summary))))
-    cells = {k: c for k, c in fair.load_cells(root).items()  # the report's own cells: every
-             if k[0] in tasks and k[1] in methods}         # CPU they ran on, not the first's
+    # every CPU the report's own cells ran on, not the first cell's; their commits only
+    assert all(k[0] in tasks and k[1] in methods for k in cells)
     assert record["commits"] == sorted({c["commit"] for c in cells.values()})
     assert record["machines"] == sorted({fair.cpu_label(c["machine"]) for c in cells.values()})
     for figure in ("fair_curves.png", "fair_compare.png"):
