@@ -446,7 +446,7 @@ def same_step_noise(summary: dict) -> str:
         speeds = [m["idle"]["examples_per_s"] for v, m in entry["methods"].items()
                   if v in SAME_STEP and "idle" in m]
         if len(speeds) > 1:
-            spreads[task] = max(speeds) / min(speeds) - 1
+            spreads[get_task(task).folder] = max(speeds) / min(speeds) - 1
     if not spreads:
         return ""
     names = ", ".join(NAMES[v] for v in SAME_STEP)
@@ -462,11 +462,12 @@ def markdown(summary: dict, methods) -> str:
              "|" + "---|" * 13]
     timed = []
     for task, entry in summary.items():
+        name = get_task(task).folder  # the task as the README and the answer name it
         for method in methods:
             m = entry["methods"].get(method, {})
             grid = ", ".join(f"{k}: {100 * v:.1f}" for k, v in m.get("grid", {}).items()) or "-"
             if "best" not in m:
-                lines.append(f"| {task} | {method} | {grid} | {m.get('lr') or 'grid incomplete'} "
+                lines.append(f"| {name} | {method} | {grid} | {m.get('lr') or 'grid incomplete'} "
                              "| - | - | - | - | - | - | - | - | - |")
                 continue
             c, i = m["cost"], m.get("idle")
@@ -474,7 +475,7 @@ def markdown(summary: dict, methods) -> str:
                      else "not measured | -")
             timed += [i] if i else []
             lines.append(
-                f"| {task} | {method} | {grid} | {m['rate']} "
+                f"| {name} | {method} | {grid} | {m['rate']} "
                 f"| {len(m['seeds'])} | "
                 f"{_mean_sd(m['best'])} | {_mean_sd(m['final'])} | "
                 f"{', '.join(map(str, m['best_epoch']))} | "
@@ -499,16 +500,17 @@ def markdown(summary: dict, methods) -> str:
     lines += ["", "| task | difference | per seed (mean) | 95 % interval | within seed noise? |",
               "|---|---|---|---|---|"]
     for task, entry in summary.items():
+        folder = get_task(task).folder
         for name in (f"{a} - {b}" for a, b in contrasts(methods)):
             d = entry.get("differences", {}).get(name)
             label = name.replace(" - ", " − ")
             if d is None:
-                lines.append(f"| {task} | {label} | - | - | not yet measured |")
+                lines.append(f"| {folder} | {label} | - | - | not yet measured |")
             elif d["n"] < 2:
-                lines.append(f"| {task} | {label} | {100 * d['mean']:+.1f} (1 seed) | - "
+                lines.append(f"| {folder} | {label} | {100 * d['mean']:+.1f} (1 seed) | - "
                              "| needs 2+ seeds |")
             else:
-                lines.append(f"| {task} | {label} | {100 * d['mean']:+.1f} ({d['n']} seeds) | "
+                lines.append(f"| {folder} | {label} | {100 * d['mean']:+.1f} ({d['n']} seeds) | "
                              f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] | "
                              f"{'yes' if d['noise'] else 'no'} |")
     answer = verdict(summary) if "lora" in methods and "full" in methods else None

@@ -54,7 +54,7 @@ def test_protocol_grid_then_seeds_at_the_chosen_rate(tiny_base, tiny_glue, tmp_p
     half = 12.706 * abs(diffs[0] - diffs[1]) / math.sqrt(2) / math.sqrt(2)  # t(1) * sd / sqrt(n)
     assert math.isclose(d["high"] - d["mean"], half, rel_tol=1e-9, abs_tol=1e-12)
     md = (tmp_path / "fair.md").read_text()
-    assert "| sst2 | lora |" in md and "95 % interval" in md
+    assert "| SST-2 | lora |" in md and "95 % interval" in md
     assert (tmp_path / "figures" / "fair_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "fair.json").read_text())["tasks"]["sst2"]["methods"]["lora"][
         "lr"] == lora_lr
@@ -308,7 +308,7 @@ def test_a_choice_beyond_the_grid_is_marked_as_an_edge():
     assert summary["rte"]["methods"]["lora"]["edge"] is True
     assert summary["rte"]["methods"]["full"]["edge"] is False
     md = fair.markdown(summary, ["lora", "full"])
-    assert "| rte | lora | 3e-05: 62.0, 0.0001: 60.0, 0.0003: 58.0, 0.001: 55.0 | 3e-05 (edge) |" \
+    assert "| RTE | lora | 3e-05: 62.0, 0.0001: 60.0, 0.0003: 58.0, 0.001: 55.0 | 3e-05 (edge) |" \
         in md
     assert "| 0.0003 (edge)" not in md and "further out (RTE LoRA)." in md
     assert (summary["rte"]["methods"]["lora"]["rate"], summary["rte"]["methods"]["full"]["rate"]
