@@ -620,8 +620,8 @@ def verdict(summary: dict, a: str = "lora", b: str = "full") -> dict:
         missing = [t for t in summary if t not in settled]
         if missing:
             overall += f" Still to measure: {names(missing)}."
-    return {"contrast": f"{a} - {b}", "overall": overall, "tasks": per_task,
-            "complete": len(settled) == len(summary)}
+    return {"contrast": f"{a} - {b}", "label": f"{NAMES[a]} − {NAMES[b]}", "overall": overall,
+            "tasks": per_task, "complete": len(settled) == len(summary)}
 
 
 def plot_compare(summary: dict, methods, path: Path) -> None:
@@ -711,7 +711,12 @@ def report(tasks, methods, *, root: Path, out: Path, grid=GRID, extend=EXTEND,
               "machine": max(cells.values(), key=lambda c: c["time"])["machine"] if cells
               else None,  # the newest cell's (its versions)
               "time": max((c["time"] for c in cells.values()), default=None),
-              "answer": verdict(summary), "edge_note": edge_note(summary), "tasks": summary}
+              "answer": verdict(summary), "edge_note": edge_note(summary),
+              # every other contrast of the report in the same words (the levers' and the
+              # descendants' answers: README, deck and notebook 06 read them from here)
+              "verdicts": {f"{a} - {b}": verdict(summary, a, b) for a, b in contrasts(methods)
+                           if (a, b) != ("lora", "full")},
+              "tasks": summary}
     text = json.dumps(_no_nan(record), indent=1, allow_nan=False) + "\n"  # strict JSON
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "fair.json", lambda tmp: Path(tmp).write_text(text))

@@ -315,6 +315,36 @@ def fair_answer() -> str:
     return f"{head}: {a['overall']}\n\n" + "\n".join(f"- {t}" for t in a["tasks"].values())
 
 
+def levers() -> str:
+    """What the capacity levers closed (``results/levers/fair.json``): each lever against LoRA
+    r = 8 on query,value and against full fine-tuning, in the words of the main answer."""
+    verdicts = json.loads((RESULTS / "levers" / "fair.json").read_text())["verdicts"]
+    order = sorted(verdicts, key=lambda c: (not c.endswith(" - lora"), c))  # vs LoRA first
+    return "\n".join(f"- **{verdicts[c]['label']}**: {verdicts[c]['overall']}\n" + "\n".join(
+        f"  - {line}" for line in verdicts[c]["tasks"].values()) for c in order)
+
+
+def levers_short() -> str:
+    """The deck's one line per capacity lever: its paired difference from LoRA per task."""
+    from lora_jax.data import get_task
+
+    f = json.loads((RESULTS / "levers" / "fair.json").read_text())
+    lines = []
+    for contrast in sorted(c for c in f["verdicts"] if c.endswith(" - lora")):
+        parts = []
+        for task, e in f["tasks"].items():
+            d = e.get("differences", {}).get(contrast)
+            if d is None:
+                parts.append(f"{get_task(task).folder} not yet")
+            elif d["low"] is None:
+                parts.append(f"{get_task(task).folder} {100 * d['mean']:+.1f} (1 seed)")
+            else:
+                parts.append(f"{get_task(task).folder} {100 * d['mean']:+.1f} "
+                             f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] ({d['n']} seeds)")
+        lines.append(f"- {f['verdicts'][contrast]['label']}: {'; '.join(parts)}")
+    return "\n".join(lines)
+
+
 def qlora() -> str:
     """The frozen base in each storage format and LoRA's compiled step on it
     (``benchmarks/qlora.py``), with the paper's 65B arithmetic from its formulas."""
@@ -422,8 +452,9 @@ def storage() -> str:
 BLOCKS: dict[str, Callable[[], str]] = {
     "params": params, "cost": cost, "cost_facts": cost_facts, "peer": peer,
     "latency": latency, "glue": glue, "glue_facts": glue_facts, "paper_table2": paper_table2,
-    "storage": storage, "fair": fair, "fair_answer": fair_answer, "after_lora": after_lora,
-    "qlora": qlora, "peer_md": peer_md, "profile": profile, "matmul": matmul,
+    "storage": storage, "fair": fair, "fair_answer": fair_answer, "levers": levers,
+    "levers_short": levers_short, "after_lora": after_lora, "qlora": qlora, "peer_md": peer_md,
+    "profile": profile, "matmul": matmul,
     "speed_changes": speed_changes,
 }
 

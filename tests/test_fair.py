@@ -122,7 +122,10 @@ def test_committed_fair_tables_match_the_committed_cells(report):
     cells = fair.report_cells(root, tasks, methods)
     summary = fair.summarize(cells, tasks, methods, idle=fair.load_costs())
     assert (out / "fair.md").read_text() == fair.markdown(summary, methods)
-    assert record["answer"] == fair.verdict(json.loads(json.dumps(fair._no_nan(summary))))
+    plain = json.loads(json.dumps(fair._no_nan(summary)))
+    assert record["answer"] == fair.verdict(plain)
+    assert record["verdicts"] == {f"{a} - {b}": fair.verdict(plain, a, b)
+                                  for a, b in fair.contrasts(methods) if (a, b) != ("lora", "full")}
     # every CPU the report's own cells ran on, not the first cell's; their commits only
     assert all(k[0] in tasks and k[1] in methods for k in cells)
     assert record["commits"] == sorted({c["commit"] for c in cells.values()})
@@ -190,6 +193,12 @@ def test_the_answer_is_told_only_from_tasks_with_three_seeds():
                             "(CoLA), above on 0 (none). Still to measure: RTE, MRPC, SST-2.")
     empty = fair.verdict({"rte": task(None)})
     assert empty["overall"].startswith("Not answered yet") and not empty["complete"]
+    # a lever is answered the same way from its own contrast, in its own words
+    summary["rte"]["differences"]["lora-r16 - lora"] = _pair(0.03, 0.01, 0.05, 3)
+    lever = fair.verdict(summary, "lora-r16", "lora")
+    assert lever["label"] == "LoRA at r = 16 − LoRA"
+    assert lever["tasks"]["rte"].startswith("RTE: LoRA at r = 16 above LoRA: ")
+    assert lever["overall"].startswith("On 1 of 5 tasks") and "above on 1 (RTE)" in lever["overall"]
 
 
 def test_variants_change_only_what_they_name():
