@@ -462,12 +462,12 @@ def markdown(summary: dict, methods) -> str:
              "|" + "---|" * 13]
     timed = []
     for task, entry in summary.items():
-        name = get_task(task).folder  # the task as the README and the answer name it
+        folder = get_task(task).folder  # the task as the README and the answer name it
         for method in methods:
             m = entry["methods"].get(method, {})
             grid = ", ".join(f"{k}: {100 * v:.1f}" for k, v in m.get("grid", {}).items()) or "-"
             if "best" not in m:
-                lines.append(f"| {name} | {method} | {grid} | {m.get('lr') or 'grid incomplete'} "
+                lines.append(f"| {folder} | {method} | {grid} | {m.get('lr') or 'grid incomplete'} "
                              "| - | - | - | - | - | - | - | - | - |")
                 continue
             c, i = m["cost"], m.get("idle")
@@ -475,7 +475,7 @@ def markdown(summary: dict, methods) -> str:
                      else "not measured | -")
             timed += [i] if i else []
             lines.append(
-                f"| {name} | {method} | {grid} | {m['rate']} "
+                f"| {folder} | {method} | {grid} | {m['rate']} "
                 f"| {len(m['seeds'])} | "
                 f"{_mean_sd(m['best'])} | {_mean_sd(m['final'])} | "
                 f"{', '.join(map(str, m['best_epoch']))} | "
