@@ -713,8 +713,10 @@ def report(tasks, methods, *, root: Path, out: Path, grid=GRID, extend=EXTEND,
               "time": max((c["time"] for c in cells.values()), default=None),
               "answer": verdict(summary), "edge_note": edge_note(summary),
               # every other contrast of the report in the same words (the levers' and the
-              # descendants' answers: README, deck and notebook 06 read them from here)
-              "verdicts": {f"{a} - {b}": verdict(summary, a, b) for a, b in contrasts(methods)
+              # descendants' answers: README, deck and notebook 06 read them from here), each
+              # variant against what it changes before against full fine-tuning
+              "verdicts": {f"{a} - {b}": verdict(summary, a, b)
+                           for a, b in sorted(contrasts(methods), key=lambda p: p[1] == "full")
                            if (a, b) != ("lora", "full")},
               "tasks": summary}
     text = json.dumps(_no_nan(record), indent=1, allow_nan=False) + "\n"  # strict JSON

@@ -319,9 +319,8 @@ def levers() -> str:
     """What the capacity levers closed (``results/levers/fair.json``): each lever against LoRA
     r = 8 on query,value and against full fine-tuning, in the words of the main answer."""
     verdicts = json.loads((RESULTS / "levers" / "fair.json").read_text())["verdicts"]
-    order = sorted(verdicts, key=lambda c: (not c.endswith(" - lora"), c))  # vs LoRA first
-    return "\n".join(f"- **{verdicts[c]['label']}**: {verdicts[c]['overall']}\n" + "\n".join(
-        f"  - {line}" for line in verdicts[c]["tasks"].values()) for c in order)
+    return "\n".join(f"- **{v['label']}**: {v['overall']}\n" + "\n".join(
+        f"  - {line}" for line in v["tasks"].values()) for v in verdicts.values())
 
 
 def levers_short() -> str:
@@ -330,7 +329,7 @@ def levers_short() -> str:
 
     f = json.loads((RESULTS / "levers" / "fair.json").read_text())
     lines = []
-    for contrast in sorted(c for c in f["verdicts"] if c.endswith(" - lora")):
+    for contrast in (c for c in f["verdicts"] if c.endswith(" - lora")):
         parts = []
         for task, e in f["tasks"].items():
             d = e.get("differences", {}).get(contrast)

@@ -126,6 +126,9 @@ def test_committed_fair_tables_match_the_committed_cells(report):
     assert record["answer"] == fair.verdict(plain)
     assert record["verdicts"] == {f"{a} - {b}": fair.verdict(plain, a, b)
                                   for a, b in fair.contrasts(methods) if (a, b) != ("lora", "full")}
+    # README, deck and notebook 06 list them as stored: each against what it changes, then vs full
+    keys = list(record["verdicts"])
+    assert keys == sorted(keys, key=lambda c: c.endswith(" - full"))
     # every CPU the report's own cells ran on, not the first cell's; their commits only
     assert all(k[0] in tasks and k[1] in methods for k in cells)
     assert record["commits"] == sorted({c["commit"] for c in cells.values()})
