@@ -20,9 +20,9 @@ cells exist, marking what is still missing. Run it from a clone at a fixed commi
     python benchmarks/fair.py run --tasks rte,mrpc,stsb,cola,sst2 --seeds 0,1,2
     python benchmarks/fair.py report
     python benchmarks/fair.py run --tasks rte,mrpc --methods lora-all   # a capacity lever
-    python benchmarks/fair.py run --tasks rte,mrpc --methods dora,loraplus,pissa,lora-r64,rslora-r64
-    python benchmarks/fair.py report --tasks rte,mrpc --out results/after_lora \\
-        --methods lora,full,dora,loraplus,pissa,lora-r64,rslora-r64    # notebook 09's table
+    python benchmarks/fair.py run --tasks rte,sst2 --methods dora,loraplus,pissa,lora-r64,rslora-r64
+    python benchmarks/fair.py report --tasks rte,sst2 --out results/after_lora \\
+        --methods lora,full,dora,loraplus,pissa,lora-r64,rslora-r64,qlora  # notebooks 09, 10
 
 A cell's own timings are as it ran: cells run two at a time on 2 cores, and a session pauses
 them to time benchmarks, so its examples/s say little about the method. ``costs`` measures the
