@@ -315,32 +315,41 @@ def fair_answer() -> str:
     return f"{head}: {a['overall']}\n\n" + "\n".join(f"- {t}" for t in a["tasks"].values())
 
 
+# The levers' reports: capacity (r = 8 everywhere, r = 16) and optimisation (twice the epochs,
+# on the tasks whose curves still rose at the protocol's last epoch).
+LEVERS = ("levers", "epochs")
+
+
+def _levers() -> list[dict]:
+    return [json.loads((RESULTS / name / "fair.json").read_text()) for name in LEVERS]
+
+
 def levers() -> str:
-    """What the capacity levers closed (``results/levers/fair.json``): each lever against LoRA
+    """What the levers closed (``results/levers/``, ``results/epochs/``): each against LoRA
     r = 8 on query,value and against full fine-tuning, in the words of the main answer."""
-    verdicts = json.loads((RESULTS / "levers" / "fair.json").read_text())["verdicts"]
     return "\n".join(f"- **{v['label']}**: {v['overall']}\n" + "\n".join(
-        f"  - {line}" for line in v["tasks"].values()) for v in verdicts.values())
+        f"  - {line}" for line in v["tasks"].values())
+        for f in _levers() for v in f["verdicts"].values())
 
 
 def levers_short() -> str:
-    """The deck's one line per capacity lever: its paired difference from LoRA per task."""
+    """The deck's one line per lever: its paired difference from LoRA per task."""
     from lora_jax.data import get_task
 
-    f = json.loads((RESULTS / "levers" / "fair.json").read_text())
+    def part(task: str, d: dict) -> str:
+        name = get_task(task).folder
+        if d["low"] is None:
+            return f"{name} {100 * d['mean']:+.1f} (1 seed)"
+        return (f"{name} {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, "
+                f"{100 * d['high']:+.1f}] ({d['n']} seeds)")
+
     lines = []
-    for contrast in (c for c in f["verdicts"] if c.endswith(" - lora")):
-        parts = []
-        for task, e in f["tasks"].items():
-            d = e.get("differences", {}).get(contrast)
-            if d is None:
-                parts.append(f"{get_task(task).folder} not yet")
-            elif d["low"] is None:
-                parts.append(f"{get_task(task).folder} {100 * d['mean']:+.1f} (1 seed)")
-            else:
-                parts.append(f"{get_task(task).folder} {100 * d['mean']:+.1f} "
-                             f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] ({d['n']} seeds)")
-        lines.append(f"- {f['verdicts'][contrast]['label']}: {'; '.join(parts)}")
+    for f in _levers():
+        for contrast, v in f["verdicts"].items():
+            if contrast.endswith(" - lora"):  # the tasks measured so far (the README has all)
+                parts = [part(t, e["differences"][contrast]) for t, e in f["tasks"].items()
+                         if e.get("differences", {}).get(contrast)]
+                lines.append(f"- {v['label']}: {'; '.join(parts) or 'not measured yet'}")
     return "\n".join(lines)
 
 

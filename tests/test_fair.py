@@ -109,7 +109,7 @@ def test_paired_interval_and_noise_verdict():
     assert fair.paired([0.01])["noise"] is None  # one seed: no interval
 
 
-@pytest.mark.parametrize("report", ["", "after_lora", "levers"])
+@pytest.mark.parametrize("report", ["", "after_lora", "levers", "epochs"])
 def test_committed_fair_tables_match_the_committed_cells(report):
     """Each committed report (results/fair.md, results/after_lora/, results/levers/) is what
     the report makes of results/fair/ and the idle costs (no hand-edited numbers)."""
@@ -212,6 +212,11 @@ def test_variants_change_only_what_they_name():
                                                                   ("query", "value"))
     assert every.targets == fair.BLOCK_TARGETS and every.rank == 8
     assert (r16.rank, r16.alpha / r16.rank, r16.targets) == (16, 2.0, ("query", "value"))
+    for task in ("sst2", "rte"):  # the optimisation lever: the task's epochs doubled, nothing else
+        long = fair.base_config(task, "lora-long", 2e-4, 0, fair.EPOCHS)
+        base = fair.base_config(task, "lora", 2e-4, 0, fair.EPOCHS)
+        assert long.epochs == 2 * base.epochs == 2 * fair.EPOCHS[task]
+        assert long.to_json() == {**base.to_json(), "epochs": long.epochs}
     assert fair.base_config("rte", "bitfit", 1e-3, 0, fair.EPOCHS).method == "bitfit"
     assert set(fair.GRID) == set(fair.EXTEND) == set(fair.VARIANTS)
     dora, plus, pissa = (fair.base_config("rte", v, 2e-4, 0, fair.EPOCHS)
