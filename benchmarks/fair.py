@@ -23,6 +23,7 @@ cells exist, marking what is still missing. Run it from a clone at a fixed commi
     python benchmarks/fair.py run --tasks rte,sst2 --methods dora,loraplus,pissa,lora-r64,rslora-r64
     python benchmarks/fair.py report --tasks rte,sst2 --out results/after_lora \\
         --methods lora,full,dora,loraplus,pissa,lora-r64,rslora-r64,qlora  # notebooks 09, 10
+    python benchmarks/fair.py report --all   # every report of REPORTS, each in its folder
 
 A cell's own timings are as it ran: cells run two at a time on 2 cores, and a session pauses
 them to time benchmarks, so its examples/s say little about the method. ``costs`` measures the
@@ -101,6 +102,17 @@ EXTEND = {"lora": (6e-5, 6e-3), "full": (3e-6, 3e-4), "lora-all": (6e-5, 6e-3),
 # (one step below / above the grid)
 EPOCHS = {"rte": 10, "mrpc": 10, "stsb": 10, "cola": 10, "sst2": 5}
 TRAIN_LIMIT = {"sst2": 8_000}  # a seeded subsample, as in benchmarks/glue.py
+# Every report the study renders, by its folder under results/ ("." is the main comparison),
+# with the tasks and methods it covers: `report --all` renders them all. The levers ran first
+# on RTE and MRPC, then where LoRA's gap is real (STS-B, SST-2); the descendants are measured on
+# RTE and SST-2, whose three-seed intervals are the narrowest per hour of training.
+REPORTS = {
+    ".": (tuple(EPOCHS), ("lora", "full")),
+    "after_lora": (("rte", "sst2"), ("lora", "full", *DESCENDANTS)),  # notebooks 09, 10
+    "levers": (("rte", "mrpc", "stsb", "sst2"), ("lora", "full", "lora-all", "lora-r16")),
+    "epochs": (("sst2",), ("lora", "full", "lora-long")),
+}
+LEVERS = ("levers", "epochs")  # the levers' reports: capacity, then optimisation (notebook 06)
 COLORS = {"lora": "tab:blue", "full": "tab:orange", "lora-all": "tab:green",
           "lora-r16": "tab:purple", "lora-long": "darkgreen", "adapter": "tab:brown",
           "bitfit": "tab:gray", "dora": "tab:red", "loraplus": "tab:olive", "pissa": "tab:cyan",
@@ -736,6 +748,31 @@ def report(tasks, methods, *, root: Path, out: Path, grid=GRID, extend=EXTEND,
     return record
 
 
+def report_all(*, root: Path, out: Path = RESULTS, reports=REPORTS,
+               costs_file: Path = COSTS) -> dict[str, dict]:
+    """Every report of ``reports``, each written to its folder under ``out``."""
+    return {name: report(list(tasks), list(methods), root=root, out=out / name,
+                         costs_file=costs_file)
+            for name, (tasks, methods) in reports.items()}
+
+
+def lever_reports(results: Path = RESULTS) -> list[dict]:
+    """The levers' committed reports (``LEVERS``), capacity first."""
+    return [json.loads((results / name / "fair.json").read_text()) for name in LEVERS]
+
+
+def lever_verdicts(results: Path = RESULTS) -> dict[str, dict]:
+    """Every lever's verdicts, as stored: each lever against LoRA, then against full."""
+    return {c: v for f in lever_reports(results) for c, v in f["verdicts"].items()}
+
+
+def verdicts_markdown(verdicts: dict[str, dict]) -> str:
+    """Verdicts as README, deck and notebook 06 list them: each answer, then a line per task."""
+    return "\n".join(f"- **{v['label']}**: {v['overall']}\n"
+                     + "\n".join(f"  - {line}" for line in v["tasks"].values())
+                     for v in verdicts.values())
+
+
 def demo_note(demo: dict, record: dict) -> str:
     """What ``make demo``'s single-seed gap means beside this study: the demo's LoRA - full
     (``compare.json``) next to the paired difference and its seed-to-seed spread measured here
@@ -788,7 +825,12 @@ def main() -> None:
                    help="the kept cells (default results/fair)")
     p.add_argument("--out", default=str(RESULTS),
                    help="for report: where fair.json, fair.md and figures/ go (default results)")
+    p.add_argument("--all", action="store_true",
+                   help="for report: every report of REPORTS (its own tasks and methods), each "
+                        "in its folder under --out")
     args = p.parse_args()
+    if args.all and args.action != "report":
+        p.error("--all is for report")
     extra = {"model": args.model} if args.model else {}
     tasks, methods = args.tasks.split(","), args.methods.split(",")
     if args.action == "run":
@@ -805,6 +847,9 @@ def main() -> None:
             p.error("note needs --compare PATH/compare.json")
         demo = json.loads(Path(args.compare).read_text())
         print(demo_note(demo, json.loads((Path(args.out) / "fair.json").read_text())))
+    elif args.all:
+        for name, record in report_all(root=Path(args.cells), out=Path(args.out)).items():
+            print(f"{Path(args.out) / name / 'fair.md'}: {record['answer']['overall']}")
     else:
         print(markdown(report(tasks, methods, root=Path(args.cells), out=Path(args.out))["tasks"],
                        methods))

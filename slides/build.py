@@ -28,6 +28,9 @@ DOCS = (DECK, README)  # every file with generated blocks
 RESULTS = ROOT / "results"
 BLOCK = re.compile(r"(<!-- generated:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)"
                    r"(<!-- /generated:(?P=name) -->)", re.S)
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import fair as study  # noqa: E402  (benchmarks/fair.py: its reports, the levers among them)
+
 GPT3 = {"layers": 96, "d_model": 12288, "params": 175e9}  # Brown et al. (2020), Table 2.1
 
 
@@ -315,21 +318,10 @@ def fair_answer() -> str:
     return f"{head}: {a['overall']}\n\n" + "\n".join(f"- {t}" for t in a["tasks"].values())
 
 
-# The levers' reports: capacity (r = 8 everywhere, r = 16) and optimisation (twice the epochs,
-# on the tasks whose curves still rose at the protocol's last epoch).
-LEVERS = ("levers", "epochs")
-
-
-def _levers() -> list[dict]:
-    return [json.loads((RESULTS / name / "fair.json").read_text()) for name in LEVERS]
-
-
 def levers() -> str:
-    """What the levers closed (``results/levers/``, ``results/epochs/``): each against LoRA
-    r = 8 on query,value and against full fine-tuning, in the words of the main answer."""
-    return "\n".join(f"- **{v['label']}**: {v['overall']}\n" + "\n".join(
-        f"  - {line}" for line in v["tasks"].values())
-        for f in _levers() for v in f["verdicts"].values())
+    """What the levers closed (``fair.LEVERS``: results/levers/, results/epochs/): each
+    against LoRA r = 8 on query,value and against full fine-tuning, in the main answer's words."""
+    return study.verdicts_markdown(study.lever_verdicts(RESULTS))
 
 
 def levers_short() -> str:
@@ -344,7 +336,7 @@ def levers_short() -> str:
                 f"{100 * d['high']:+.1f}] ({d['n']} seeds)")
 
     lines = []
-    for f in _levers():
+    for f in study.lever_reports(RESULTS):
         for contrast, v in f["verdicts"].items():
             if contrast.endswith(" - lora"):  # the tasks measured so far (the README has all)
                 parts = [part(t, e["differences"][contrast]) for t, e in f["tasks"].items()

@@ -109,16 +109,18 @@ def test_paired_interval_and_noise_verdict():
     assert fair.paired([0.01])["noise"] is None  # one seed: no interval
 
 
-@pytest.mark.parametrize("report", ["", "after_lora", "levers", "epochs"])
+@pytest.mark.parametrize("report", list(fair.REPORTS))
 def test_committed_fair_tables_match_the_committed_cells(report):
-    """Each committed report (results/fair.md, results/after_lora/, results/levers/) is what
-    the report makes of results/fair/ and the idle costs (no hand-edited numbers)."""
+    """Each committed report (results/fair.md, results/after_lora/, ...) covers the tasks and
+    methods ``REPORTS`` names for it, and is what the report makes of results/fair/ and the idle
+    costs (no hand-edited numbers)."""
     root, out = fair.RESULTS / "fair", fair.RESULTS / report
     if not (root.is_dir() and (out / "fair.json").is_file()):
         pytest.skip(f"no {out / 'fair.json'} committed yet")
     record = json.loads((out / "fair.json").read_text())
     tasks = list(record["tasks"])
     methods = list(next(iter(record["tasks"].values()))["methods"])
+    assert (tuple(tasks), tuple(methods)) == fair.REPORTS[report]  # `report --all` renders it
     cells = fair.report_cells(root, tasks, methods)
     summary = fair.summarize(cells, tasks, methods, idle=fair.load_costs())
     assert (out / "fair.md").read_text() == fair.markdown(summary, methods)
@@ -135,6 +137,29 @@ def test_committed_fair_tables_match_the_committed_cells(report):
     assert record["machines"] == sorted({fair.cpu_label(c["machine"]) for c in cells.values()})
     for figure in ("fair_curves.png", "fair_compare.png"):
         assert (out / "figures" / figure).is_file()
+
+
+def test_report_all_writes_every_report_in_its_folder(tmp_path):
+    """``report --all`` renders each report of ``REPORTS`` with its own tasks and methods,
+    from whatever cells exist (none here: every task says it is not measured yet)."""
+    (tmp_path / "cells").mkdir()
+    records = fair.report_all(root=tmp_path / "cells", out=tmp_path / "out",
+                              costs_file=tmp_path / "no_costs.jsonl")
+    assert list(records) == list(fair.REPORTS)
+    for name, (tasks, methods) in fair.REPORTS.items():
+        stored = json.loads((tmp_path / "out" / name / "fair.json").read_text())
+        assert list(stored["tasks"]) == list(tasks)
+        assert list(stored["tasks"][tasks[0]]["methods"]) == list(methods)
+        assert stored["answer"]["complete"] is False
+    assert set(fair.LEVERS) <= set(fair.REPORTS)
+    # the levers' words, listed as README, deck and notebook 06 show them (vs LoRA, then full)
+    verdicts = fair.lever_verdicts(tmp_path / "out")
+    assert list(verdicts) == ["lora-all - lora", "lora-r16 - lora", "lora-all - full",
+                              "lora-r16 - full", "lora-long - lora", "lora-long - full"]
+    md = fair.verdicts_markdown(verdicts).splitlines()
+    assert md[0] == f"- **{verdicts['lora-all - lora']['label']}**: " + verdicts[
+        "lora-all - lora"]["overall"]
+    assert md[1] == "  - " + next(iter(verdicts["lora-all - lora"]["tasks"].values()))
 
 
 def test_the_search_steps_past_a_winning_edge():
