@@ -319,8 +319,8 @@ def fair_answer() -> str:
 
 
 def levers() -> str:
-    """What the levers closed (``fair.LEVERS``: results/levers/, results/epochs/): each
-    against LoRA r = 8 on query,value and against full fine-tuning, in the main answer's words."""
+    """What the levers closed (``fair.LEVERS``: results/rank/, layers/, epochs/): each against
+    LoRA r = 8 on query,value and against full fine-tuning, in the main answer's words."""
     return study.verdicts_markdown(study.lever_verdicts(RESULTS))
 
 
