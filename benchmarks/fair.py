@@ -776,6 +776,41 @@ def verdicts_markdown(verdicts: dict[str, dict]) -> str:
                      for v in verdicts.values())
 
 
+def _points(d: dict) -> str:
+    return f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
+def gap_answer(reports: list[dict]) -> str:
+    """What closed LoRA's gap, a line per lever: on each task of the lever's report where LoRA
+    is measurably below full fine-tuning (3+ seeds, the interval below zero), the lever's own
+    difference from full fine-tuning beside LoRA's, and whether it is still below."""
+    lines = []
+    for f in reports:
+        tasks = f["tasks"]
+        gaps = {t: d for t, e in tasks.items()
+                if (d := e.get("differences", {}).get("lora - full"))
+                and d["n"] >= SEEDS_NEEDED and d["noise"] is False and d["mean"] < 0}
+        methods = next(iter(tasks.values()))["methods"]
+        for lever in (m for m in methods if m not in ("lora", "full")):
+            if not gaps:
+                names = ", ".join(get_task(t).folder for t in tasks)
+                lines.append(f"- **{NAMES[lever]}**: ran on {names}, where LoRA is within seed "
+                             "noise of full fine-tuning: no measured gap there to close.")
+                continue
+            parts = []
+            for t, gap in gaps.items():
+                d = tasks[t]["differences"].get(f"{lever} - full")
+                if not d or d["n"] < SEEDS_NEEDED:
+                    word = f"not measured with {SEEDS_NEEDED} seeds yet"
+                elif d["noise"] is False and d["mean"] < 0:
+                    word = f"still below, {_points(d)}"
+                else:
+                    word = f"closes it, {_points(d)}"
+                parts.append(f"{get_task(t).folder} {word} (LoRA {_points(gap)})")
+            lines.append(f"- **{NAMES[lever]}**: {'; '.join(parts)}.")
+    return "\n".join(lines)
+
+
 def demo_note(demo: dict, record: dict) -> str:
     """What ``make demo``'s single-seed gap means beside this study: the demo's LoRA - full
     (``compare.json``) next to the paired difference and its seed-to-seed spread measured here

@@ -324,6 +324,12 @@ def levers() -> str:
     return study.verdicts_markdown(study.lever_verdicts(RESULTS))
 
 
+def levers_gap() -> str:
+    """Each lever where LoRA's gap is real: its own difference from full fine-tuning, beside
+    LoRA's, and whether it is still below (``fair.gap_answer``)."""
+    return study.gap_answer(study.lever_reports(RESULTS))
+
+
 def levers_short() -> str:
     """The deck's one line per lever: its paired difference from LoRA per task."""
     from lora_jax.data import get_task
@@ -453,8 +459,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "params": params, "cost": cost, "cost_facts": cost_facts, "peer": peer,
     "latency": latency, "glue": glue, "glue_facts": glue_facts, "paper_table2": paper_table2,
     "storage": storage, "fair": fair, "fair_answer": fair_answer, "levers": levers,
-    "levers_short": levers_short, "after_lora": after_lora, "qlora": qlora, "peer_md": peer_md,
-    "profile": profile, "matmul": matmul,
+    "levers_gap": levers_gap, "levers_short": levers_short, "after_lora": after_lora,
+    "qlora": qlora, "peer_md": peer_md, "profile": profile, "matmul": matmul,
     "speed_changes": speed_changes,
 }
 

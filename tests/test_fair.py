@@ -162,6 +162,32 @@ def test_report_all_writes_every_report_in_its_folder(tmp_path):
     assert md[1:5] == [f"  - {line}" for line in first["tasks"].values()]  # RTE, MRPC, STS-B, SST-2
 
 
+def test_the_gap_answer_reads_each_lever_where_loras_gap_is_real():
+    def d(mean, low, high, n=3):
+        noise = None if low is None else low <= 0 <= high  # one seed: no interval
+        return {"n": n, "mean": mean, "low": low, "high": high, "noise": noise}
+
+    methods = {"lora": {}, "full": {}, "lora-long": {}}
+    epochs = {"tasks": {
+        "rte": {"methods": methods, "differences": {"lora - full": d(-0.01, -0.05, 0.03),
+                                                    "lora-long - full": d(-0.09, -0.1, -0.08)}},
+        "sst2": {"methods": methods, "differences": {"lora - full": d(-0.015, -0.02, -0.01),
+                                                     "lora-long - full": d(-0.004, -0.01, 0.002)}},
+        "stsb": {"methods": methods, "differences": {"lora - full": d(-0.011, -0.013, -0.009),
+                                                     "lora-long - full": d(-0.02, None, None, 1)}}}}
+    layers = {"tasks": {"rte": {"methods": {"lora": {}, "full": {}, "lora-all": {}},
+                                "differences": {"lora - full": d(-0.01, -0.05, 0.03)}}}}
+    lines = fair.gap_answer([epochs, layers]).splitlines()
+    # RTE's gap is within noise, so the lever's RTE shortfall is not read as a gap it left open
+    assert lines[0] == ("- **LoRA for twice the epochs**: SST-2 closes it, -0.4 [-1.0, +0.2] "
+                        "(LoRA -1.5 [-2.0, -1.0]); STS-B not measured with 3 seeds yet "
+                        "(LoRA -1.1 [-1.3, -0.9]).")
+    assert lines[1].startswith("- **LoRA on every block layer**: ran on RTE, where LoRA is within")
+    below = {**epochs["tasks"]["sst2"]["differences"], "lora-long - full": d(-0.01, -0.02, -0.005)}
+    epochs["tasks"]["sst2"]["differences"] = below
+    assert "SST-2 still below, -1.0 [-2.0, -0.5]" in fair.gap_answer([epochs])
+
+
 def test_the_search_steps_past_a_winning_edge():
     """A best rate at an end of the grid makes the rate one step beyond it due; the choice is
     then the best of all tried, and seeds wait for it."""
