@@ -375,6 +375,37 @@ def qlora() -> str:
         "NF4 with double quantization.*")
 
 
+def qlora_quality() -> str:
+    """The paper's claim that NF4 + LoRA matches 16-bit LoRA, on our model: LoRA on the NF4
+    base against LoRA on the float base, each at its own tuned rate, seed by seed
+    (``results/after_lora/fair.json``)."""
+    from lora_jax.data import get_task
+
+    f = json.loads((RESULTS / "after_lora" / "fair.json").read_text())
+
+    def score(m: dict) -> str:
+        if m.get("best"):
+            n = len(m["seeds"])
+            return f"{_score(m)} at {m['rate']} ({n} seed{'s' * (n > 1)})"
+        tried = len(m.get("grid") or {})
+        return f"rate search: {tried} rate(s) so far" if tried else "not run yet"
+
+    lines = ["| task | LoRA, float base | LoRA, NF4 base | NF4 − float | 95 % interval |",
+             "|---|---|---|---|---|"]
+    for task, e in f["tasks"].items():
+        d = e.get("differences", {}).get("qlora - lora")
+        gap = f"{100 * d['mean']:+.1f}" if d else "-"
+        interval = ("-" if d is None or d["low"] is None
+                    else f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
+        lines.append(f"| {get_task(task).folder} | {score(e['methods']['lora'])} | "
+                     f"{score(e['methods'].get('qlora', {}))} | {gap} | {interval} |")
+    return "\n".join(lines) + (
+        "\n\n*Best-epoch dev x100, mean ± sd over seeds, r = 8 on query,value; NF4 − float is "
+        "the mean of the per-seed differences with its 95 % t-interval (`python "
+        f"benchmarks/fair.py run --tasks {','.join(f['tasks'])} --methods qlora --seeds 0,1,2`, "
+        "then `report --all`; notebook 10).*")
+
+
 AFTER = {"lora": ("LoRA r = 8", None), "dora": ("DoRA", "lora"),
          "loraplus": ("LoRA+ (λ = 16)", "lora"), "pissa": ("PiSSA", "lora"),
          "lora-r64": ("LoRA r = 64", "lora"), "rslora-r64": ("rsLoRA r = 64", "lora-r64")}
@@ -460,8 +491,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "latency": latency, "glue": glue, "glue_facts": glue_facts, "paper_table2": paper_table2,
     "storage": storage, "fair": fair, "fair_answer": fair_answer, "levers": levers,
     "levers_gap": levers_gap, "levers_short": levers_short, "after_lora": after_lora,
-    "qlora": qlora, "peer_md": peer_md, "profile": profile, "matmul": matmul,
-    "speed_changes": speed_changes,
+    "qlora": qlora, "qlora_quality": qlora_quality, "peer_md": peer_md, "profile": profile,
+    "matmul": matmul, "speed_changes": speed_changes,
 }
 
 

@@ -195,3 +195,29 @@ def test_peer_rows_name_their_own_rounds_and_date(monkeypatch, tmp_path):
     assert "| AMD EPYC (AVX-512) | 32 |" in table and "2026-12-02, 3 rounds |" in table
     assert "| Intel Xeon (AVX-512) | 32 |" in table and "2026-12-01, 2 rounds |" in table
     assert "Measured" not in table and "jax 0.10.2, flax 0.12.8, optax 0.2.8" in table
+
+
+def test_qlora_quality_says_what_is_measured_and_what_is_not(build, monkeypatch, tmp_path):
+    """NF4 − float per task: the interval once two seeds pair up, the rate search's progress
+    before a rate is chosen, "not run yet" before any cell."""
+    import json
+
+    lora = {"best": [0.857, 0.006], "rate": "0.002", "seeds": [0, 1, 2]}
+    tasks = {
+        "sst2": {"methods": {"lora": lora, "qlora": dict(lora, best=[0.859, 0.005])},
+                 "differences": {"qlora - lora": {"n": 3, "mean": 0.002, "low": -0.013,
+                                                  "high": 0.017}}},
+        "rte": {"methods": {"lora": dict(lora, seeds=[0]), "qlora": {
+            "grid": {"0.0002": 0.6}, "best": None, "seeds": []}}},
+        "cola": {"methods": {"lora": lora}},
+    }
+    (tmp_path / "after_lora").mkdir()
+    (tmp_path / "after_lora" / "fair.json").write_text(json.dumps({"tasks": tasks}))
+    monkeypatch.setattr(build, "RESULTS", tmp_path)
+    rows = build.qlora_quality().splitlines()
+    assert rows[2] == ("| SST-2 | 85.7 ± 0.6 at 0.002 (3 seeds) | 85.9 ± 0.5 at 0.002 (3 seeds) "
+                       "| +0.2 | [-1.3, +1.7] |")
+    assert rows[3] == ("| RTE | 85.7 ± 0.6 at 0.002 (1 seed) | rate search: 1 rate(s) so far "
+                       "| - | - |")
+    assert rows[4] == "| CoLA | 85.7 ± 0.6 at 0.002 (3 seeds) | not run yet | - | - |"
+    assert "--tasks sst2,rte,cola --methods qlora" in rows[-1]
