@@ -279,6 +279,16 @@ def _score(m: dict) -> str:
     return f"{100 * mean:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
 
 
+def _after_fair() -> dict:
+    return json.loads((RESULTS / "after_lora" / "fair.json").read_text())
+
+
+def _searching(m: dict) -> str:
+    """A variant without a chosen rate: how far its rate search got."""
+    tried = len(m.get("grid") or {})
+    return f"rate search: {tried} rate(s) so far" if tried else "not run yet"
+
+
 def _rates(xs) -> str:
     return ", ".join(f"{x:g}" for x in xs)
 
@@ -381,14 +391,13 @@ def qlora_quality() -> str:
     (``results/after_lora/fair.json``)."""
     from lora_jax.data import get_task
 
-    f = json.loads((RESULTS / "after_lora" / "fair.json").read_text())
+    f = _after_fair()
 
     def score(m: dict) -> str:
-        if m.get("best"):
-            n = len(m["seeds"])
-            return f"{_score(m)} at {m['rate']} ({n} seed{'s' * (n > 1)})"
-        tried = len(m.get("grid") or {})
-        return f"rate search: {tried} rate(s) so far" if tried else "not run yet"
+        if not m.get("best"):
+            return _searching(m)
+        n = len(m["seeds"])
+        return f"{_score(m)} at {m['rate']} ({n} seed{'s' * (n > 1)})"
 
     lines = ["| task | LoRA, float base | LoRA, NF4 base | NF4 − float | 95 % interval |",
              "|---|---|---|---|---|"]
@@ -422,7 +431,7 @@ def after_lora() -> str:
     infer = latest([r for r in rows if r["kind"] == "inference"],
                     lambda r: (r["variant"], r["batch"]))
     batches = sorted({b for _, b in infer})
-    f = json.loads((RESULTS / "after_lora" / "fair.json").read_text())
+    f = _after_fair()
     tasks = list(f["tasks"])
     lines = ["| | trainable (no head) | step × LoRA | "
              + " | ".join(f"batch {b}: merged / unmerged" for b in batches) + " | "
@@ -440,8 +449,7 @@ def after_lora() -> str:
             if ref is None:
                 quality.append(f"= {_score(f['tasks'][task]['methods'][v])}")
             elif d is None:
-                tried = len(f["tasks"][task]["methods"].get(v, {}).get("grid") or {})
-                quality.append(f"rate search: {tried} rate(s) so far" if tried else "not run yet")
+                quality.append(_searching(f["tasks"][task]["methods"].get(v, {})))
             elif d["low"] is None:
                 quality.append(f"{100 * d['mean']:+.1f} (1 seed)")
             else:
