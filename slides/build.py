@@ -412,7 +412,29 @@ def qlora_quality() -> str:
         "\n\n*Best-epoch dev x100, mean ± sd over seeds, r = 8 on query,value; NF4 − float is "
         "the mean of the per-seed differences with its 95 % t-interval (`python "
         f"benchmarks/fair.py run --tasks {','.join(f['tasks'])} --methods qlora --seeds 0,1,2`, "
-        "then `report --all`; notebook 10).*")
+        "then `report --all`; notebook 10).*") + _claim(f)
+
+
+def _claim(f: dict) -> str:
+    """The paper's QLoRA claim judged on the paired NF4 − float differences: "so far" (with
+    fair.py's verdict) until every task has its seeds, then which tasks it holds on."""
+    from lora_jax.data import get_task
+
+    v = f.get("verdicts", {}).get("qlora - lora")
+    if not v:
+        return ""
+    if not v["complete"]:
+        return f"\n\n**So far**: {v['overall']}"
+    ds = {get_task(t).folder: e["differences"]["qlora - lora"] for t, e in f["tasks"].items()}
+    off = {t: d for t, d in ds.items() if not d["noise"]}
+    if off:
+        parts = ", ".join(f"{t} ({100 * d['mean']:+.1f})" for t, d in off.items())
+        return (f"\n\n**The paper's claim does not hold on every task here**: NF4 − float "
+                f"is outside seed noise on {parts}.")
+    bound = max(max(-d["low"], d["high"]) for d in ds.values())
+    return (f"\n\n**The paper's claim holds on our model, within seed noise**: NF4 − float's "
+            f"95 % interval contains 0 on {' and '.join(ds)}, and no bound is more than "
+            f"{100 * bound:.1f} points from 0.")
 
 
 AFTER = {"lora": ("LoRA r = 8", None), "dora": ("DoRA", "lora"),

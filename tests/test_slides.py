@@ -212,12 +212,34 @@ def test_qlora_quality_says_what_is_measured_and_what_is_not(build, monkeypatch,
         "cola": {"methods": {"lora": lora}},
     }
     (tmp_path / "after_lora").mkdir()
-    (tmp_path / "after_lora" / "fair.json").write_text(json.dumps({"tasks": tasks}))
+    verdict = {"overall": "On 1 of 3 tasks ... Still to measure: RTE, CoLA.", "complete": False}
+    (tmp_path / "after_lora" / "fair.json").write_text(json.dumps(
+        {"tasks": tasks, "verdicts": {"qlora - lora": verdict}}))
     monkeypatch.setattr(build, "RESULTS", tmp_path)
     rows = build.qlora_quality().splitlines()
+    # fair.py's verdict closes the block until every task has its seeds ...
+    assert rows.pop() == "**So far**: On 1 of 3 tasks ... Still to measure: RTE, CoLA."
+    assert rows.pop() == ""
     assert rows[2] == ("| SST-2 | 85.7 ± 0.6 at 0.002 (3 seeds) | 85.9 ± 0.5 at 0.002 (3 seeds) "
                        "| +0.2 | [-1.3, +1.7] |")
     assert rows[3] == ("| RTE | 85.7 ± 0.6 at 0.002 (1 seed) | rate search: 1 rate(s) so far "
                        "| - | - |")
     assert rows[4] == "| CoLA | 85.7 ± 0.6 at 0.002 (3 seeds) | not run yet | - | - |"
     assert "--tasks sst2,rte,cola --methods qlora" in rows[-1]
+    # ... then which tasks the paper's claim holds on, from the paired intervals
+    d = {"n": 3, "mean": 0.002, "low": -0.013, "high": 0.017, "noise": True}
+    done = {"sst2": {"differences": {"qlora - lora": d}, "methods": {"lora": lora}},
+            "rte": {"differences": {"qlora - lora": dict(d, low=-0.02, high=0.004)},
+                    "methods": {"lora": lora}}}
+    verdict["complete"] = True
+    (tmp_path / "after_lora" / "fair.json").write_text(json.dumps(
+        {"tasks": done, "verdicts": {"qlora - lora": verdict}}))
+    assert build.qlora_quality().splitlines()[-1] == (
+        "**The paper's claim holds on our model, within seed noise**: NF4 − float's 95 % "
+        "interval contains 0 on SST-2 and RTE, and no bound is more than 2.0 points from 0.")
+    done["rte"]["differences"]["qlora - lora"].update(mean=-0.03, high=-0.01, noise=False)
+    (tmp_path / "after_lora" / "fair.json").write_text(json.dumps(
+        {"tasks": done, "verdicts": {"qlora - lora": verdict}}))
+    assert build.qlora_quality().splitlines()[-1] == (
+        "**The paper's claim does not hold on every task here**: NF4 − float is outside seed "
+        "noise on RTE (-3.0).")
