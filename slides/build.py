@@ -289,6 +289,13 @@ def _searching(m: dict) -> str:
     return f"rate search: {tried} rate(s) so far" if tried else "not run yet"
 
 
+def _interval(d: dict | None) -> str:
+    """A paired difference's 95 % interval in points, "-" before two seeds pair up."""
+    if d is None or d["low"] is None:
+        return "-"
+    return f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
 def _rates(xs) -> str:
     return ", ".join(f"{x:g}" for x in xs)
 
@@ -307,10 +314,8 @@ def fair() -> str:
         rate = lambda m: f" at {m['rate']}" if m.get("best") else ""  # noqa: E731
         seeds = f"{len(lora['seeds'])} + {len(full['seeds'])}" if d else "-"
         gap = f"{100 * d['mean']:+.1f}" if d else "not measured yet"
-        interval = (f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
-                    if d and d["low"] is not None else "-")
         lines.append(f"| {get_task(task).folder} | {_score(lora)}{rate(lora)} | "
-                     f"{_score(full)}{rate(full)} | {seeds} | {gap} | {interval} |")
+                     f"{_score(full)}{rate(full)} | {seeds} | {gap} | {_interval(d)} |")
     p = f["protocol"]
     epochs = sorted(set(p["epochs"].values()), reverse=True)
     return "\n".join(lines) + (
@@ -348,8 +353,7 @@ def levers_short() -> str:
         name = get_task(task).folder
         if d["low"] is None:
             return f"{name} {100 * d['mean']:+.1f} (1 seed)"
-        return (f"{name} {100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, "
-                f"{100 * d['high']:+.1f}] ({d['n']} seeds)")
+        return f"{name} {100 * d['mean']:+.1f} {_interval(d)} ({d['n']} seeds)"
 
     lines = []
     for f in study.lever_reports(RESULTS):
@@ -404,10 +408,8 @@ def qlora_quality() -> str:
     for task, e in f["tasks"].items():
         d = e.get("differences", {}).get("qlora - lora")
         gap = f"{100 * d['mean']:+.1f}" if d else "-"
-        interval = ("-" if d is None or d["low"] is None
-                    else f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
         lines.append(f"| {get_task(task).folder} | {score(e['methods']['lora'])} | "
-                     f"{score(e['methods'].get('qlora', {}))} | {gap} | {interval} |")
+                     f"{score(e['methods'].get('qlora', {}))} | {gap} | {_interval(d)} |")
     return "\n".join(lines) + (
         "\n\n*Best-epoch dev x100, mean ± sd over seeds, r = 8 on query,value; NF4 − float is "
         "the mean of the per-seed differences with its 95 % t-interval (`python "
@@ -475,8 +477,7 @@ def after_lora() -> str:
             elif d["low"] is None:
                 quality.append(f"{100 * d['mean']:+.1f} (1 seed)")
             else:
-                quality.append(f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, "
-                               f"{100 * d['high']:+.1f}] ({d['n']})")
+                quality.append(f"{100 * d['mean']:+.1f} {_interval(d)} ({d['n']})")
         lines.append(f"| {name} | {train[v]['trainable_params_without_head']:,} | "
                      f"{train[v]['step_vs_lora']:.2f} | " + " | ".join(speed) + " | "
                      + " | ".join(quality) + " |")
