@@ -606,6 +606,7 @@ def verdict(summary: dict, a: str = "lora", b: str = "full") -> dict:
     """The answer in words, per task and overall, from the paired differences ``a - b``: a
     task is settled once it has ``SEEDS_NEEDED`` seeds of both; until then it says so."""
     per_task, settled = {}, {}
+    noise, below, above = [], [], []
     for task, entry in summary.items():
         d = entry.get("differences", {}).get(f"{a} - {b}")
         folder = get_task(task).folder
@@ -626,24 +627,25 @@ def verdict(summary: dict, a: str = "lora", b: str = "full") -> dict:
         per_task[task] = f"{folder}: {word}: {gap}, {interval}, {seeds}"
         if d["n"] >= SEEDS_NEEDED:
             settled[task] = d
+    for task, d in settled.items():
+        (noise if d["noise"] else below if d["mean"] < 0 else above).append(task)
+    missing = [t for t in summary if t not in settled]
     if not settled:
         overall = (f"Not answered yet: no task has {SEEDS_NEEDED} seeds of both "
                    f"{NAMES[a]} and {NAMES[b]}.")
     else:
-        noise = [t for t, d in settled.items() if d["noise"]]
-        below = [t for t, d in settled.items() if not d["noise"] and d["mean"] < 0]
-        above = [t for t, d in settled.items() if not d["noise"] and d["mean"] > 0]
         mean = statistics.mean(d["mean"] for d in settled.values())
         names = lambda ts: ", ".join(get_task(t).folder for t in ts) or "none"  # noqa: E731
         overall = (f"On {len(settled)} of {len(summary)} tasks measured with {SEEDS_NEEDED}+ "
                    f"seeds, {NAMES[a]} − {NAMES[b]} averages {100 * mean:+.1f} points; within "
                    f"seed noise on {len(noise)} ({names(noise)}), below on {len(below)} "
                    f"({names(below)}), above on {len(above)} ({names(above)}).")
-        missing = [t for t in summary if t not in settled]
         if missing:
             overall += f" Still to measure: {names(missing)}."
     return {"contrast": f"{a} - {b}", "label": f"{NAMES[a]} − {NAMES[b]}", "overall": overall,
-            "tasks": per_task, "complete": len(settled) == len(summary)}
+            "tasks": per_task, "complete": not missing,
+            # the settled tasks sorted by the same rule as `overall`, for readers that word it
+            "noise": noise, "below": below, "above": above, "missing": missing}
 
 
 def plot_compare(summary: dict, methods, path: Path) -> None:

@@ -427,15 +427,16 @@ def _claim(f: dict) -> str:
         return ""
     if not v["complete"]:
         return f"\n\n**So far**: {v['overall']}"
-    ds = {get_task(t).folder: e["differences"]["qlora - lora"] for t, e in f["tasks"].items()}
-    off = {t: d for t, d in ds.items() if not d["noise"]}
-    if off:
-        parts = ", ".join(f"{t} ({100 * d['mean']:+.1f})" for t, d in off.items())
+    d = {t: e["differences"]["qlora - lora"] for t, e in f["tasks"].items()}
+    if v["below"] or v["above"]:
+        parts = ", ".join(f"{get_task(t).folder} ({100 * d[t]['mean']:+.1f})"
+                          for t in d if t in v["below"] + v["above"])
         return (f"\n\n**The paper's claim does not hold on every task here**: NF4 − float "
                 f"is outside seed noise on {parts}.")
-    bound = max(max(-d["low"], d["high"]) for d in ds.values())
+    bound = max(max(-x["low"], x["high"]) for x in d.values())
+    held = " and ".join(get_task(t).folder for t in v["noise"])
     return (f"\n\n**The paper's claim holds on our model, within seed noise**: NF4 − float's "
-            f"95 % interval contains 0 on {' and '.join(ds)}, and no bound is more than "
+            f"95 % interval contains 0 on {held}, and no bound is more than "
             f"{100 * bound:.1f} points from 0.")
 
 

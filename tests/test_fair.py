@@ -245,6 +245,9 @@ def test_the_answer_is_told_only_from_tasks_with_three_seeds():
     assert v["overall"] == ("On 2 of 5 tasks measured with 3+ seeds, LoRA − full fine-tuning "
                             "averages -3.0 points; within seed noise on 1 (STS-B), below on 1 "
                             "(CoLA), above on 0 (none). Still to measure: RTE, MRPC, SST-2.")
+    # the same sorting, as fields for readers that word the answer their own way
+    assert (v["noise"], v["below"], v["above"]) == (["stsb"], ["cola"], [])
+    assert v["missing"] == ["rte", "mrpc", "sst2"]
     empty = fair.verdict({"rte": task(None)})
     assert empty["overall"].startswith("Not answered yet") and not empty["complete"]
     # a lever is answered the same way from its own contrast, in its own words

@@ -231,13 +231,14 @@ def test_qlora_quality_says_what_is_measured_and_what_is_not(build, monkeypatch,
     done = {"sst2": {"differences": {"qlora - lora": d}, "methods": {"lora": lora}},
             "rte": {"differences": {"qlora - lora": dict(d, low=-0.02, high=0.004)},
                     "methods": {"lora": lora}}}
-    verdict["complete"] = True
+    verdict.update(complete=True, noise=["sst2", "rte"], below=[], above=[], missing=[])
     (tmp_path / "after_lora" / "fair.json").write_text(json.dumps(
         {"tasks": done, "verdicts": {"qlora - lora": verdict}}))
     assert build.qlora_quality().splitlines()[-1] == (
         "**The paper's claim holds on our model, within seed noise**: NF4 − float's 95 % "
         "interval contains 0 on SST-2 and RTE, and no bound is more than 2.0 points from 0.")
     done["rte"]["differences"]["qlora - lora"].update(mean=-0.03, high=-0.01, noise=False)
+    verdict.update(noise=["sst2"], below=["rte"])
     (tmp_path / "after_lora" / "fair.json").write_text(json.dumps(
         {"tasks": done, "verdicts": {"qlora - lora": verdict}}))
     assert build.qlora_quality().splitlines()[-1] == (
