@@ -490,7 +490,40 @@ def after_lora() -> str:
         "x100 (LoRA r = 8's own score, mean ± sd), each other variant minus the one it changes "
         "(LoRA r = 8; rsLoRA minus LoRA r = 64), "
         "mean over seeds [95 % interval] (seeds), rates tuned per variant on seed 0 "
-        "(`python benchmarks/fair.py report --methods ... --out results/after_lora`).*")
+        "(`python benchmarks/fair.py report --methods ... --out results/after_lora`).*"
+    ) + _after_claim(f)
+
+
+def _after_claim(f: dict) -> str:
+    """What the quality columns say, from fair.py's verdict on each variant against the one it
+    changes: which moved quality outside seed noise and where, which stayed within it on every
+    task, and which tasks are still to measure ("so far" until none are)."""
+    from lora_jax.data import get_task
+
+    moved, quiet, todo = [], [], []
+    for v, (_, ref) in AFTER.items():
+        c, vd = f"{v} - {ref}", f.get("verdicts", {}).get(f"{v} - {ref}")
+        if vd is None:
+            continue
+        out = [f"{'above' if t in vd['above'] else 'below'} on {get_task(t).folder} "
+               f"({100 * f['tasks'][t]['differences'][c]['mean']:+.1f})"
+               for t in f["tasks"] if t in vd["above"] + vd["below"]]
+        if out:
+            moved.append(f"{vd['label']} {', '.join(out)}")
+        elif vd["complete"]:
+            quiet.append(vd["label"])
+        if vd["missing"]:
+            todo.append(f"{vd['label']} on "
+                        + " and ".join(get_task(t).folder for t in vd["missing"]))
+    if not (moved or quiet or todo):
+        return ""
+    lines = [f"outside seed noise (3 seeds, a 95 % interval that excludes 0): {'; '.join(moved)}."
+             if moved else "no variant is outside seed noise on a task with 3 seeds."]
+    if quiet:
+        lines.append(f"Within seed noise on every task: {', '.join(quiet)}.")
+    if todo:
+        lines.append(f"Still to measure: {'; '.join(todo)}.")
+    return f"\n\n**Quality{', so far' if todo else ''}**: " + " ".join(lines)
 
 
 def paper_table2() -> str:

@@ -244,3 +244,34 @@ def test_qlora_quality_says_what_is_measured_and_what_is_not(build, monkeypatch,
     assert build.qlora_quality().splitlines()[-1] == (
         "**The paper's claim does not hold on every task here**: NF4 − float is outside seed "
         "noise on RTE (-3.0).")
+
+
+def test_after_lora_quality_sentence_reads_each_variants_verdict(build):
+    """Per variant against what it changes: outside noise with the task and the mean, within
+    noise everywhere once complete, "so far" with what is missing until every task has it."""
+    def pair(mean, noise):
+        return {"n": 3, "mean": mean, "low": mean - 0.01, "high": mean + 0.01, "noise": noise}
+
+    def v(label, noise=(), below=(), above=(), missing=()):
+        return {"label": label, "noise": list(noise), "below": list(below),
+                "above": list(above), "missing": list(missing), "complete": not missing}
+
+    f = {"tasks": {"rte": {"differences": {"pissa - lora": pair(0.043, False),
+                                           "dora - lora": pair(0.0, True)}},
+                   "sst2": {"differences": {"pissa - lora": pair(-0.006, True),
+                                            "dora - lora": pair(-0.02, False),
+                                            "lora-r64 - lora": pair(0.007, True)}}},
+         "verdicts": {"pissa - lora": v("PiSSA − LoRA", ["sst2"], above=["rte"]),
+                      "dora - lora": v("DoRA − LoRA", ["rte"], below=["sst2"]),
+                      "lora-r64 - lora": v("r64 − LoRA", ["sst2"], missing=["rte"]),
+                      "loraplus - lora": v("LoRA+ − LoRA", ["rte", "sst2"])}}
+    assert build._after_claim(f) == (
+        "\n\n**Quality, so far**: outside seed noise (3 seeds, a 95 % interval that excludes 0): "
+        "DoRA − LoRA below on SST-2 (-2.0); PiSSA − LoRA above on RTE (+4.3). Within seed "
+        "noise on every task: LoRA+ − LoRA. Still to measure: r64 − LoRA on RTE.")
+    del f["verdicts"]["lora-r64 - lora"], f["verdicts"]["dora - lora"]
+    f["verdicts"]["pissa - lora"].update(noise=["rte", "sst2"], above=[])
+    assert build._after_claim(f) == (
+        "\n\n**Quality**: no variant is outside seed noise on a task with 3 seeds. Within seed "
+        "noise on every task: LoRA+ − LoRA, PiSSA − LoRA.")
+    assert build._after_claim({"tasks": {}, "verdicts": {}}) == ""
