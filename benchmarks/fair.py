@@ -606,7 +606,6 @@ def verdict(summary: dict, a: str = "lora", b: str = "full") -> dict:
     """The answer in words, per task and overall, from the paired differences ``a - b``: a
     task is settled once it has ``SEEDS_NEEDED`` seeds of both; until then it says so."""
     per_task, settled = {}, {}
-    noise, below, above = [], [], []
     for task, entry in summary.items():
         d = entry.get("differences", {}).get(f"{a} - {b}")
         folder = get_task(task).folder
@@ -627,6 +626,7 @@ def verdict(summary: dict, a: str = "lora", b: str = "full") -> dict:
         per_task[task] = f"{folder}: {word}: {gap}, {interval}, {seeds}"
         if d["n"] >= SEEDS_NEEDED:
             settled[task] = d
+    noise, below, above = [], [], []
     for task, d in settled.items():
         (noise if d["noise"] else below if d["mean"] < 0 else above).append(task)
     missing = [t for t in summary if t not in settled]

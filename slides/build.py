@@ -417,6 +417,16 @@ def qlora_quality() -> str:
         "then `report --all`; notebook 10).*") + _claim(f)
 
 
+def _outside(f: dict, v: dict) -> list[tuple[str, str, float]]:
+    """The tasks where fair.py's verdict ``v`` found its contrast outside seed noise, in the
+    report's task order: ``("above" | "below", task name, mean difference)``."""
+    from lora_jax.data import get_task
+
+    return [("above" if t in v["above"] else "below", get_task(t).folder,
+             e["differences"][v["contrast"]]["mean"])
+            for t, e in f["tasks"].items() if t in v["above"] + v["below"]]
+
+
 def _claim(f: dict) -> str:
     """The paper's QLoRA claim judged on the paired NF4 − float differences: "so far" (with
     fair.py's verdict) until every task has its seeds, then which tasks it holds on."""
@@ -427,13 +437,13 @@ def _claim(f: dict) -> str:
         return ""
     if not v["complete"]:
         return f"\n\n**So far**: {v['overall']}"
-    d = {t: e["differences"]["qlora - lora"] for t, e in f["tasks"].items()}
-    if v["below"] or v["above"]:
-        parts = ", ".join(f"{get_task(t).folder} ({100 * d[t]['mean']:+.1f})"
-                          for t in d if t in v["below"] + v["above"])
+    off = _outside(f, v)
+    if off:
+        parts = ", ".join(f"{name} ({100 * mean:+.1f})" for _, name, mean in off)
         return (f"\n\n**The paper's claim does not hold on every task here**: NF4 − float "
                 f"is outside seed noise on {parts}.")
-    bound = max(max(-x["low"], x["high"]) for x in d.values())
+    bound = max(max(-e["differences"]["qlora - lora"]["low"],
+                    e["differences"]["qlora - lora"]["high"]) for e in f["tasks"].values())
     held = " and ".join(get_task(t).folder for t in v["noise"])
     return (f"\n\n**The paper's claim holds on our model, within seed noise**: NF4 − float's "
             f"95 % interval contains 0 on {held}, and no bound is more than "
@@ -502,12 +512,10 @@ def _after_claim(f: dict) -> str:
 
     moved, quiet, todo = [], [], []
     for v, (_, ref) in AFTER.items():
-        c, vd = f"{v} - {ref}", f.get("verdicts", {}).get(f"{v} - {ref}")
+        vd = f.get("verdicts", {}).get(f"{v} - {ref}") if ref else None
         if vd is None:
             continue
-        out = [f"{'above' if t in vd['above'] else 'below'} on {get_task(t).folder} "
-               f"({100 * f['tasks'][t]['differences'][c]['mean']:+.1f})"
-               for t in f["tasks"] if t in vd["above"] + vd["below"]]
+        out = [f"{side} on {name} ({100 * mean:+.1f})" for side, name, mean in _outside(f, vd)]
         if out:
             moved.append(f"{vd['label']} {', '.join(out)}")
         elif vd["complete"]:
@@ -517,8 +525,9 @@ def _after_claim(f: dict) -> str:
                         + " and ".join(get_task(t).folder for t in vd["missing"]))
     if not (moved or quiet or todo):
         return ""
-    lines = [f"outside seed noise (3 seeds, a 95 % interval that excludes 0): {'; '.join(moved)}."
-             if moved else "no variant is outside seed noise on a task with 3 seeds."]
+    n = study.SEEDS_NEEDED
+    lines = [f"outside seed noise ({n} seeds, a 95 % interval that excludes 0): {'; '.join(moved)}."
+             if moved else f"no variant is outside seed noise on a task with {n} seeds."]
     if quiet:
         lines.append(f"Within seed noise on every task: {', '.join(quiet)}.")
     if todo:

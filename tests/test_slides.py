@@ -212,7 +212,8 @@ def test_qlora_quality_says_what_is_measured_and_what_is_not(build, monkeypatch,
         "cola": {"methods": {"lora": lora}},
     }
     (tmp_path / "after_lora").mkdir()
-    verdict = {"overall": "On 1 of 3 tasks ... Still to measure: RTE, CoLA.", "complete": False}
+    verdict = {"overall": "On 1 of 3 tasks ... Still to measure: RTE, CoLA.", "complete": False,
+               "contrast": "qlora - lora"}
     (tmp_path / "after_lora" / "fair.json").write_text(json.dumps(
         {"tasks": tasks, "verdicts": {"qlora - lora": verdict}}))
     monkeypatch.setattr(build, "RESULTS", tmp_path)
@@ -265,6 +266,8 @@ def test_after_lora_quality_sentence_reads_each_variants_verdict(build):
                       "dora - lora": v("DoRA − LoRA", ["rte"], below=["sst2"]),
                       "lora-r64 - lora": v("r64 − LoRA", ["sst2"], missing=["rte"]),
                       "loraplus - lora": v("LoRA+ − LoRA", ["rte", "sst2"])}}
+    for contrast, verdict in f["verdicts"].items():  # as fair.verdict names its contrast
+        verdict["contrast"] = contrast
     assert build._after_claim(f) == (
         "\n\n**Quality, so far**: outside seed noise (3 seeds, a 95 % interval that excludes 0): "
         "DoRA − LoRA below on SST-2 (-2.0); PiSSA − LoRA above on RTE (+4.3). Within seed "
